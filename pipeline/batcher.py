@@ -1,0 +1,175 @@
+"""Dynamic batching: rows of many requests form one model batch (after Triton's batcher).
+
+Callers submit arrays with the same number of rows (one request's chunk); a collector
+joins submissions until ``max_rows`` or ``max_wait_ms`` after the first one, or earlier
+when the oldest deadline is near, and runs the batch on a free model instance in a worker
+thread. While every instance is busy, submissions keep accumulating, so batches grow with
+load. A submission's rows are never split across batches. The queue is bounded in rows:
+``submit`` waits when it is full, which is the backpressure the actor's budget sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ModelFn = Callable[..., np.ndarray]
+
+
+@dataclass(slots=True)
+class _Item:
+    arrays: tuple[np.ndarray, ...]
+    rows: int
+    deadline: float | None  # time.monotonic() seconds
+    future: asyncio.Future[np.ndarray]
+    enqueued: float
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    rows: int = 0
+    sizes: list[int] = field(default_factory=list)
+    queue_wait_s: float = 0.0
+    compute_s: float = 0.0
+
+
+class DynamicBatcher:
+    """Batches submissions for ``instances`` model instances, one worker thread each."""
+
+    def __init__(
+        self,
+        instances: Sequence[ModelFn],
+        *,
+        max_rows: int,
+        max_wait_ms: float,
+        max_queue_rows: int | None = None,
+        deadline_margin_ms: float = 5.0,
+    ) -> None:
+        if not instances:
+            raise ValueError("the batcher needs at least one model instance")
+        if max_rows <= 0 or max_wait_ms < 0:
+            raise ValueError("max_rows must be > 0 and max_wait_ms >= 0")
+        self.max_rows = max_rows
+        self.max_wait_s = max_wait_ms / 1000
+        self.max_queue_rows = max_queue_rows or 4 * max_rows
+        self.margin_s = deadline_margin_ms / 1000
+        self.stats = BatchStats()
+        self._models = list(instances)
+        self._free: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(len(self._models)):
+            self._free.put_nowait(i)
+        self._pool = ThreadPoolExecutor(len(self._models), thread_name_prefix="model")
+        self._queue: deque[_Item] = deque()
+        self._queued_rows = 0
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._closed = False
+        self._running: set[asyncio.Task[None]] = set()
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    async def submit(self, *arrays: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """Score ``arrays`` (same row count) in some batch; returns this submission's rows."""
+        rows = int(arrays[0].shape[0])
+        if rows > self.max_rows:
+            raise ValueError(f"{rows} rows in one submission exceed max_rows={self.max_rows}")
+        if self._closed:
+            raise RuntimeError("batcher is closed")
+        while self._queued_rows + rows > self.max_queue_rows and self._queued_rows:
+            self._room.clear()
+            await self._room.wait()
+        fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(arrays, rows, deadline, fut, time.monotonic()))
+        self._queued_rows += rows
+        self._arrived.set()
+        return await fut
+
+    def close(self) -> None:
+        """Finish what is queued, then let :meth:`run` return."""
+        self._closed = True
+        self._arrived.set()
+
+    async def run(self) -> None:
+        """The collector: take an instance, gather a batch, run it; until closed and empty."""
+        try:
+            while True:
+                instance = await self._free.get()
+                batch = await self._gather()
+                if batch is None:
+                    break
+                task = asyncio.create_task(self._execute(instance, batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+            if self._running:
+                await asyncio.gather(*self._running)
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _gather(self) -> list[_Item] | None:
+        while not self._queue:
+            if self._closed:
+                return None
+            self._arrived.clear()
+            await self._arrived.wait()
+        flush_at = self._queue[0].enqueued + self.max_wait_s
+        while self._queued_rows < self.max_rows and not self._closed:
+            deadlines = [it.deadline for it in self._queue if it.deadline is not None]
+            at = min([flush_at, *(d - self.margin_s for d in deadlines)])
+            wait = at - time.monotonic()
+            if wait <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), wait)
+            except TimeoutError:
+                break
+        batch: list[_Item] = []
+        rows = 0
+        while self._queue and rows + self._queue[0].rows <= self.max_rows:
+            item = self._queue.popleft()
+            rows += item.rows
+            batch.append(item)
+        self._queued_rows -= rows
+        self._room.set()
+        return batch
+
+    async def _execute(self, instance: int, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        start = time.monotonic()
+        try:
+            live = [it for it in batch if not it.future.cancelled()]
+            if not live:
+                return
+            n_inputs = len(live[0].arrays)
+            inputs = [live[0].arrays[k] if len(live) == 1
+                      else np.concatenate([it.arrays[k] for it in live])
+                      for k in range(n_inputs)]
+            out = await loop.run_in_executor(self._pool, self._models[instance], *inputs)
+            self.stats.compute_s += time.monotonic() - start
+            self.stats.queue_wait_s += sum(start - it.enqueued for it in live)
+            self.stats.batches += 1
+            rows = sum(it.rows for it in live)
+            self.stats.rows += rows
+            if len(self.stats.sizes) < 100_000:
+                self.stats.sizes.append(rows)
+            pos = 0
+            for it in live:
+                if not it.future.done():
+                    it.future.set_result(out[pos:pos + it.rows])
+                pos += it.rows
+        except Exception as e:  # the model failed: every submission of this batch learns why
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(e)
+        finally:
+            self._free.put_nowait(instance)

@@ -1,0 +1,166 @@
+"""Configuration from a TOML file, then the environment, then flags; each later one wins.
+
+Settings are nested dataclasses (one per TOML table). ``ADSTREAM_<TABLE>_<KEY>`` in the
+environment and ``--set table.key=value`` on the command line override the file. Unknown
+tables or keys and values of the wrong type are errors that name where they came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+T = TypeVar("T")
+ENV_PREFIX = "ADSTREAM_"
+
+
+class ConfigError(ValueError):
+    """A setting that is unknown or has the wrong type; the message says where it came from."""
+
+
+@dataclass
+class KafkaSection:
+    """Broker connection and client tuning."""
+
+    bootstrap: str = "127.0.0.1:9092"  # host:port[,host:port], or memory://NAME
+    client_id: str = "adstream"
+    group_prefix: str = "adstream"  # consumer groups are <group_prefix>-<role>
+    linger_ms: int = 5
+    max_batch_bytes: int = 1024 * 1024
+    compression: str = "none"  # none, gzip (lz4/zstd need their Python packages)
+    session_timeout_ms: int = 10_000
+    max_poll_interval_ms: int = 300_000
+
+    def client_options(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "linger_ms": self.linger_ms,
+            "max_batch_bytes": self.max_batch_bytes,
+            "compression": None if self.compression == "none" else self.compression,
+            "session_timeout_ms": self.session_timeout_ms,
+            "max_poll_interval_ms": self.max_poll_interval_ms,
+        }
+
+
+@dataclass
+class ActorSection:
+    """The actor loop: in-flight budget, commits, drain bounds."""
+
+    max_in_flight: int = 2000  # pause partitions at this many fetched-but-unfinished records
+    resume_in_flight: int = 1000  # resume below this many
+    commit_interval_ms: int = 200
+    drain_timeout_s: float = 10.0
+    revoke_timeout_s: float = 5.0
+    max_message_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass
+class LogSection:
+    format: str = "auto"  # auto (console on a terminal, else json), json, console
+    level: str = "info"
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Turn a TOML or string value into ``typ``; strings come from the environment or flags."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false",
+                                                        "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    elif getattr(typ, "__origin__", None) is list:
+        (item,) = typ.__args__
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    name = getattr(typ, "__name__", str(typ))
+    raise ConfigError(f"{where}: expected {name}, got {value!r}")
+
+
+def _sections(cls: type[Any]) -> dict[str, type[Any]]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _apply(settings: Any, table: str, key: str, value: Any, where: str) -> None:
+    sections = _sections(type(settings))
+    if table not in sections:
+        raise ConfigError(f"{where}: unknown table [{table}]; known: {', '.join(sections)}")
+    section = getattr(settings, table)
+    fields = get_type_hints(type(section))
+    if key not in fields:
+        raise ConfigError(f"{where}: unknown setting {table}.{key}; known in [{table}]: "
+                          f"{', '.join(fields)}")
+    setattr(section, key, _coerce(value, fields[key], where))
+
+
+def load_config(
+    cls: type[T],
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Iterable[str] = (),
+) -> T:
+    """Build ``cls`` (a dataclass of section dataclasses) from file, environment and flags."""
+    settings = cls()
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        for table, values in data.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: {table!r} must be a table ([{table}])")
+            for key, value in values.items():
+                _apply(settings, table, key, value, f"{path}: {table}.{key}")
+    env = os.environ if env is None else env
+    for table, section_cls in _sections(cls).items():
+        for key in get_type_hints(section_cls):
+            var = f"{ENV_PREFIX}{table}_{key}".upper()
+            if var in env:
+                _apply(settings, table, key, env[var], f"environment {var}")
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        table, dot, key = name.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set {item!r}: expected TABLE.KEY=VALUE")
+        _apply(settings, table, key, value.strip(), f"--set {item}")
+    return settings
+
+
+def reference(cls: type[Any]) -> list[tuple[str, str, str, str]]:
+    """(setting, default, environment variable, type) for every setting, for the README."""
+    rows = []
+    defaults = cls()
+    for table, section_cls in _sections(cls).items():
+        section = getattr(defaults, table)
+        for key, typ in get_type_hints(section_cls).items():
+            rows.append((f"{table}.{key}", repr(getattr(section, key)),
+                         f"{ENV_PREFIX}{table}_{key}".upper(), getattr(typ, "__name__", str(typ))))
+    return rows

@@ -1,0 +1,46 @@
+"""The Kafka headers every adstream message carries: schema, deadline, trace id, send time."""
+
+from __future__ import annotations
+
+import time
+
+SCHEMA = "schema"
+DEADLINE_MS = "deadline_ms"
+TRACE_ID = "trace_id"
+SENT_MS = "sent_ms"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def make(
+    schema: str,
+    *,
+    deadline_ms: int | None = None,
+    trace_id: str | None = None,
+    sent_ms: int | None = None,
+) -> dict[str, bytes]:
+    h = {SCHEMA: schema.encode(), SENT_MS: str(now_ms() if sent_ms is None else sent_ms).encode()}
+    if deadline_ms is not None:
+        h[DEADLINE_MS] = str(deadline_ms).encode()
+    if trace_id:
+        h[TRACE_ID] = trace_id.encode()
+    return h
+
+
+def int_header(headers: dict[str, bytes], name: str) -> int | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+def carry(headers: dict[str, bytes], schema: str) -> dict[str, bytes]:
+    """Headers for a message derived from one with ``headers``: same deadline and trace."""
+    out = {k: v for k, v in headers.items() if k in (DEADLINE_MS, TRACE_ID, SENT_MS)}
+    out[SCHEMA] = schema.encode()
+    return out

@@ -1,0 +1,429 @@
+"""The five message types and their versioned MessagePack wire format.
+
+Every message is a msgpack map with a ``schema`` entry ``ads.<Type>/<major>.<minor>``.
+A reader accepts its own major version (any minor: new optional fields) and rejects
+others. Per-candidate data is columnar (see :mod:`schemas.columns`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import msgpack
+import numpy as np
+
+from schemas.columns import decode_array, encode_array
+from schemas.errors import SchemaError
+
+MAJOR = 1
+MINOR = 0
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_ID_LEN = 256
+STATUSES = ("ok", "partial", "expired", "rejected")
+
+Scalar = str | int | float | bool
+
+
+def schema_name(type_name: str) -> str:
+    return f"ads.{type_name}/{MAJOR}.{MINOR}"
+
+
+# ---- field readers: each names the field it checks -------------------------------------------
+
+
+def _req(d: dict[str, Any], key: str, path: str = "") -> Any:
+    if key not in d:
+        raise SchemaError(path + key, "missing required field")
+    return d[key]
+
+
+def _str(d: dict[str, Any], key: str, *, required: bool = True, path: str = "") -> str | None:
+    v = d.get(key)
+    if v is None:
+        if required:
+            raise SchemaError(path + key, "missing required field")
+        return None
+    if not isinstance(v, str) or not v:
+        raise SchemaError(path + key, f"expected a non-empty string, got {type(v).__name__}")
+    if len(v) > MAX_ID_LEN:
+        raise SchemaError(path + key, f"longer than {MAX_ID_LEN} characters")
+    return v
+
+
+def _int(
+    d: dict[str, Any], key: str, default: int | None = None, *, lo: int = 0, hi: int = 2**63 - 1
+) -> int:
+    v = d.get(key, default)
+    if v is None:
+        raise SchemaError(key, "missing required field")
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise SchemaError(key, f"expected an integer, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise SchemaError(key, f"{v} is outside [{lo}, {hi}]")
+    return v
+
+
+def _opt_int(d: dict[str, Any], key: str) -> int | None:
+    return None if d.get(key) is None else _int(d, key)
+
+
+def _scalars(d: dict[str, Any], key: str) -> dict[str, Scalar]:
+    v = d.get(key, {})
+    if not isinstance(v, dict):
+        raise SchemaError(key, f"expected a map of scalars, got {type(v).__name__}")
+    for k, x in v.items():
+        if not isinstance(k, str):
+            raise SchemaError(key, f"key {k!r} is not a string")
+        if not isinstance(x, (str, int, float, bool)):
+            raise SchemaError(f"{key}.{k}", f"expected a scalar, got {type(x).__name__}")
+        if isinstance(x, float) and not math.isfinite(x):
+            raise SchemaError(f"{key}.{k}", "NaN or infinity is not allowed")
+    return v
+
+
+def _column(d: dict[str, Any], key: str, n: int | None, **kw: Any) -> np.ndarray:
+    arr = decode_array(_req(d, key), key, **kw)
+    if n is not None and arr.shape[0] != n:
+        raise SchemaError(key, f"has {arr.shape[0]} rows, expected {n}")
+    return arr
+
+
+def _finite(arr: np.ndarray, key: str) -> None:
+    if arr.dtype.kind != "f":
+        return
+    ok = np.isfinite(arr).reshape(arr.shape[0], -1).all(axis=1)
+    if not ok.all():
+        bad = int(np.flatnonzero(~ok)[0])
+        raise SchemaError(f"{key}[{bad}]", "NaN or infinity is not allowed")
+
+
+# ---- messages ---------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class ScoreRequest:
+    """One ad request: a user, a context and the candidate ads to rank (columns)."""
+
+    TYPE: ClassVar[str] = "ScoreRequest"
+    request_id: str
+    user_id: str
+    candidates: dict[str, np.ndarray]
+    user: dict[str, Scalar] = field(default_factory=dict)
+    context: dict[str, Scalar] = field(default_factory=dict)
+    top_k: int = 10
+    reply_to: str | None = None
+    deadline_ms: int | None = None
+    priority: int = 0
+
+    @property
+    def n_candidates(self) -> int:
+        return int(self.candidates["ad_id"].shape[0])
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "user_id": self.user_id,
+            "user": self.user,
+            "context": self.context,
+            "candidates": {k: encode_array(v) for k, v in self.candidates.items()},
+            "top_k": self.top_k,
+            "reply_to": self.reply_to,
+            "deadline_ms": self.deadline_ms,
+            "priority": self.priority,
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> ScoreRequest:
+        request_id = _str(d, "request_id")
+        reply_to = d.get("reply_to") if isinstance(d.get("reply_to"), str) else None
+        try:
+            return cls._read(d, request_id or "")
+        except SchemaError as e:
+            e.request_id, e.reply_to = request_id, reply_to
+            raise
+
+    @classmethod
+    def _read(cls, d: dict[str, Any], request_id: str) -> ScoreRequest:
+        user_id = _str(d, "user_id")
+        reply_to = _str(d, "reply_to", required=False)
+        cands = _req(d, "candidates")
+        if not isinstance(cands, dict) or not cands:
+            raise SchemaError("candidates", "expected a non-empty map of columns")
+        ad_id = decode_array(_req(cands, "ad_id", "candidates."), "candidates.ad_id",
+                             ndim=1, kinds="iu")
+        n = ad_id.shape[0]
+        if n == 0:
+            raise SchemaError("candidates.ad_id", "a request needs at least one candidate")
+        columns = {"ad_id": ad_id}
+        for name, raw in cands.items():
+            if name == "ad_id":
+                continue
+            if not isinstance(name, str):
+                raise SchemaError("candidates", f"column name {name!r} is not a string")
+            col = decode_array(raw, f"candidates.{name}", ndim=1)
+            if col.shape[0] != n:
+                raise SchemaError(f"candidates.{name}", f"has {col.shape[0]} rows, ad_id has {n}")
+            _finite(col, f"candidates.{name}")
+            columns[name] = col
+        if "bid" not in columns:
+            raise SchemaError("candidates.bid", "missing required column")
+        if columns["bid"].dtype.kind != "f" or (columns["bid"] < 0).any():
+            raise SchemaError("candidates.bid", "must be a non-negative float column")
+        return cls(
+            request_id=request_id,
+            user_id=user_id or "",
+            candidates=columns,
+            user=_scalars(d, "user"),
+            context=_scalars(d, "context"),
+            top_k=_int(d, "top_k", 10, lo=1, hi=10_000),
+            reply_to=reply_to,
+            deadline_ms=_opt_int(d, "deadline_ms"),
+            priority=_int(d, "priority", 0, lo=0, hi=9),
+        )
+
+
+@dataclass(eq=False)
+class _ChunkHeader:
+    """Fields every chunk of a request carries, so any stage can finish the request."""
+
+    request_id: str
+    chunk: int
+    n_chunks: int
+    n_candidates: int
+    top_k: int
+    reply_to: str | None
+    deadline_ms: int | None
+
+    def _header_wire(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "chunk": self.chunk,
+            "n_chunks": self.n_chunks,
+            "n_candidates": self.n_candidates,
+            "top_k": self.top_k,
+            "reply_to": self.reply_to,
+            "deadline_ms": self.deadline_ms,
+        }
+
+    @staticmethod
+    def _header(d: dict[str, Any]) -> dict[str, Any]:
+        n_chunks = _int(d, "n_chunks", lo=1, hi=1_000_000)
+        return {
+            "request_id": _str(d, "request_id"),
+            "chunk": _int(d, "chunk", hi=n_chunks - 1),
+            "n_chunks": n_chunks,
+            "n_candidates": _int(d, "n_candidates", lo=1),
+            "top_k": _int(d, "top_k", lo=1, hi=10_000),
+            "reply_to": _str(d, "reply_to", required=False),
+            "deadline_ms": _opt_int(d, "deadline_ms"),
+        }
+
+
+@dataclass(eq=False)
+class FeatureChunk(_ChunkHeader):
+    """A slice of one request's candidates as model inputs."""
+
+    TYPE: ClassVar[str] = "FeatureChunk"
+    ad_id: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    bid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    dense: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    sparse: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+
+    def to_wire(self) -> dict[str, Any]:
+        d = self._header_wire()
+        d.update(ad_id=encode_array(self.ad_id), bid=encode_array(self.bid),
+                 dense=encode_array(self.dense), sparse=encode_array(self.sparse))
+        return d
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> FeatureChunk:
+        h = cls._header(d)
+        ad_id = _column(d, "ad_id", None, dtype="<i8", ndim=1)
+        n = ad_id.shape[0]
+        dense = _column(d, "dense", n, dtype="<f4", ndim=2)
+        _finite(dense, "dense")
+        return cls(**h, ad_id=ad_id, bid=_column(d, "bid", n, dtype="<f4", ndim=1), dense=dense,
+                   sparse=_column(d, "sparse", n, dtype="<i8", ndim=2))
+
+
+@dataclass(eq=False)
+class ScoreChunk(_ChunkHeader):
+    """Scores for one FeatureChunk (``status='expired'`` carries no rows)."""
+
+    TYPE: ClassVar[str] = "ScoreChunk"
+    status: str = "ok"
+    ad_id: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    bid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    score: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+    def to_wire(self) -> dict[str, Any]:
+        d = self._header_wire()
+        d.update(status=self.status, ad_id=encode_array(self.ad_id),
+                 bid=encode_array(self.bid), score=encode_array(self.score))
+        return d
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> ScoreChunk:
+        h = cls._header(d)
+        status = _str(d, "status")
+        if status not in ("ok", "expired"):
+            raise SchemaError("status", f"{status!r} is not 'ok' or 'expired'")
+        ad_id = _column(d, "ad_id", None, dtype="<i8", ndim=1)
+        n = ad_id.shape[0]
+        return cls(**h, status=status, ad_id=ad_id,
+                   bid=_column(d, "bid", n, dtype="<f4", ndim=1),
+                   score=_column(d, "score", n, dtype="<f4", ndim=1))
+
+
+@dataclass(eq=False)
+class ScoreResult:
+    """The answer to a request: ranked top-K ads, or a status saying why not."""
+
+    TYPE: ClassVar[str] = "ScoreResult"
+    request_id: str
+    status: str
+    ad_id: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    bid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    score: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    n_candidates: int = 0
+    n_scored: int = 0
+    reason: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "status": self.status,
+            "ad_id": encode_array(self.ad_id),
+            "bid": encode_array(self.bid),
+            "score": encode_array(self.score),
+            "n_candidates": self.n_candidates,
+            "n_scored": self.n_scored,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> ScoreResult:
+        status = _str(d, "status")
+        if status not in STATUSES:
+            raise SchemaError("status", f"{status!r} is not one of {STATUSES}")
+        ad_id = _column(d, "ad_id", None, dtype="<i8", ndim=1)
+        n = ad_id.shape[0]
+        reason = d.get("reason")
+        return cls(
+            request_id=_str(d, "request_id") or "",
+            status=status or "",
+            ad_id=ad_id,
+            bid=_column(d, "bid", n, dtype="<f4", ndim=1),
+            score=_column(d, "score", n, dtype="<f4", ndim=1),
+            n_candidates=_int(d, "n_candidates", 0),
+            n_scored=_int(d, "n_scored", 0),
+            reason=reason if isinstance(reason, str) else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form printed by ``adstream produce --wait``."""
+        ev = self.score.astype(np.float64) * self.bid.astype(np.float64)
+        out: dict[str, Any] = {"request_id": self.request_id, "status": self.status,
+                               "n_candidates": self.n_candidates, "n_scored": self.n_scored}
+        out["ads"] = [
+            {"ad_id": int(a), "score": float(s), "bid": float(b), "expected_value": float(e)}
+            for a, s, b, e in zip(self.ad_id.tolist(), self.score.tolist(),
+                                  self.bid.tolist(), ev.tolist(), strict=True)
+        ]
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass(eq=False)
+class DeadLetter:
+    """A message that could not be processed, with where it came from and why."""
+
+    TYPE: ClassVar[str] = "DeadLetter"
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    stage: str
+    error: str
+    value: bytes
+    key: bytes | None = None
+    headers: dict[str, bytes] = field(default_factory=dict)
+    request_id: str | None = None
+    ts_ms: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "source_topic": self.source_topic,
+            "source_partition": self.source_partition,
+            "source_offset": self.source_offset,
+            "stage": self.stage,
+            "error": self.error,
+            "value": self.value,
+            "key": self.key,
+            "headers": self.headers,
+            "request_id": self.request_id,
+            "ts_ms": self.ts_ms,
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> DeadLetter:
+        return cls(
+            source_topic=_str(d, "source_topic") or "",
+            source_partition=_int(d, "source_partition"),
+            source_offset=_int(d, "source_offset"),
+            stage=_str(d, "stage") or "",
+            error=str(_req(d, "error")),
+            value=bytes(_req(d, "value")),
+            key=d.get("key"),
+            headers=dict(d.get("headers") or {}),
+            request_id=d.get("request_id"),
+            ts_ms=_int(d, "ts_ms", 0),
+        )
+
+
+Message = ScoreRequest | FeatureChunk | ScoreChunk | ScoreResult | DeadLetter
+M = TypeVar("M", ScoreRequest, FeatureChunk, ScoreChunk, ScoreResult, DeadLetter)
+
+
+def encode(msg: Message) -> bytes:
+    """Serialize a message with its schema name."""
+    d = msg.to_wire()
+    d["schema"] = schema_name(msg.TYPE)
+    return msgpack.packb(d, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def check_schema(value: Any, type_name: str) -> None:
+    """Accept ``ads.<type_name>/<MAJOR>.x``; reject anything else with the reason."""
+    if not isinstance(value, str):
+        raise SchemaError("schema", "missing schema name (expected 'ads.%s/%d.x')"
+                          % (type_name, MAJOR))
+    name, _, version = value.partition("/")
+    if name != f"ads.{type_name}":
+        raise SchemaError("schema", f"{value!r} where ads.{type_name} is expected")
+    major = version.split(".", 1)[0]
+    if major != str(MAJOR):
+        raise SchemaError("schema", f"version {version!r} is not supported; this reader "
+                                    f"accepts major version {MAJOR}")
+
+
+def decode(data: bytes, cls: type[M], *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> M:
+    """Parse and validate ``data`` as ``cls``; raise SchemaError naming the field."""
+    if len(data) > max_bytes:
+        raise SchemaError("", f"message of {len(data)} bytes is over the {max_bytes}-byte limit")
+    try:
+        d = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as e:  # msgpack raises several unrelated types for garbage input
+        raise SchemaError("", f"not valid MessagePack ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise SchemaError("", f"expected a map at the top level, got {type(d).__name__}")
+    rid = d.get("request_id") if isinstance(d.get("request_id"), str) else None
+    reply_to = d.get("reply_to") if isinstance(d.get("reply_to"), str) else None
+    try:
+        check_schema(d.get("schema"), cls.TYPE)
+        return cls.from_wire(d)  # type: ignore[return-value]
+    except SchemaError as e:
+        e.request_id = e.request_id or rid
+        e.reply_to = e.reply_to or reply_to
+        raise

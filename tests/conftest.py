@@ -1,0 +1,28 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline.kafka_local import BOOTSTRAP_ENV, start_broker, stop_broker
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap servers of a real Kafka cluster for the whole test session.
+
+    Uses ``$ADSTREAM_KAFKA_BOOTSTRAP`` when set; otherwise starts a local KRaft broker on a
+    free loopback port in a temporary data directory and stops it at the end of the session.
+    """
+    existing = os.environ.get(BOOTSTRAP_ENV)
+    if existing:
+        yield existing
+        return
+    broker = start_broker(data_dir=tmp_path_factory.mktemp("kafka"))
+    try:
+        yield broker.bootstrap
+    finally:
+        stop_broker(broker.data_dir)

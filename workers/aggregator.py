@@ -1,0 +1,152 @@
+"""The aggregator: a request's ScoreChunks -> ranked top-K ScoreResult, once.
+
+All chunks of a request arrive on one partition (keyed by request id). The request is
+answered when its last chunk arrives, or at its deadline with what it has (``partial``,
+or ``expired`` when nothing was scored). Duplicate chunks (redelivery after a crash or
+rebalance) are dropped by (request id, chunk index), and a finished request's id is
+remembered so late duplicates do not answer it twice. Input records stay in flight until
+the result is acknowledged, so their offsets are committed only after the answer is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline import headers as H
+from pipeline.actor import Emit, Handler
+from pipeline.transport.base import Outgoing, Record
+from schemas.messages import ScoreChunk, ScoreResult, decode, encode, schema_name
+from workers.replies import dead_letter
+from workers.settings import Settings
+
+RESULT_SCHEMA = schema_name(ScoreResult.TYPE)
+
+
+def rank(ad_id: np.ndarray, bid: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the top ``k`` by expected value (score × bid), ties broken by ad id."""
+    ev = score.astype(np.float64) * bid.astype(np.float64)
+    if len(ev) > 4 * k:
+        cut = np.argpartition(-ev, k - 1)[:k]
+        threshold = ev[cut].min()
+        cand = np.flatnonzero(ev >= threshold)  # keep ties at the cut for a stable order
+    else:
+        cand = np.arange(len(ev))
+    order = np.lexsort((ad_id[cand], -ev[cand]))
+    return cand[order[:k]]  # type: ignore[no-any-return]
+
+
+@dataclass
+class _Pending:
+    request_id: str
+    n_chunks: int
+    n_candidates: int
+    top_k: int
+    reply_to: str | None
+    deadline_ms: int | None
+    headers: dict[str, bytes]
+    chunks: dict[int, ScoreChunk] = field(default_factory=dict)
+    answered: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+    finishing: bool = False
+
+
+class Aggregator(Handler):
+    name = "aggregator"
+    ordered = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self._pending: dict[str, _Pending] = {}
+        self._deadlines: list[tuple[int, str]] = []
+        self._done: OrderedDict[str, None] = OrderedDict()
+        self._emit: Emit | None = None
+        self._closing = asyncio.Event()
+        self.counts = {"ok": 0, "partial": 0, "expired": 0, "duplicates": 0}
+
+    async def open(self, tg: asyncio.TaskGroup, emit: Emit) -> None:
+        self._emit = emit
+        tg.create_task(self._watch_deadlines())
+
+    async def close(self) -> None:
+        self._closing.set()
+
+    async def handle(self, record: Record) -> list[Outgoing]:
+        chunk = decode(record.value, ScoreChunk, max_bytes=self.s.actor.max_message_bytes)
+        rid = chunk.request_id
+        if rid in self._done:
+            self.counts["duplicates"] += 1
+            return []
+        p = self._pending.get(rid)
+        if p is None:
+            p = _Pending(rid, chunk.n_chunks, chunk.n_candidates, chunk.top_k, chunk.reply_to,
+                         chunk.deadline_ms, H.carry(record.headers, RESULT_SCHEMA))
+            self._pending[rid] = p
+            if p.deadline_ms is not None:
+                heapq.heappush(self._deadlines, (p.deadline_ms, rid))
+        if chunk.chunk in p.chunks:
+            self.counts["duplicates"] += 1
+        else:
+            p.chunks[chunk.chunk] = chunk
+            if len(p.chunks) == p.n_chunks:
+                await self._answer(p, deadline_passed=False)
+        await asyncio.shield(p.answered)
+        return []
+
+    async def _answer(self, p: _Pending, *, deadline_passed: bool) -> None:
+        if p.finishing:
+            return
+        p.finishing = True
+        scored = [c for c in p.chunks.values() if c.status == "ok"]
+        n_scored = sum(len(c.score) for c in scored)
+        if n_scored == 0:
+            status = "expired"
+        elif n_scored < p.n_candidates or deadline_passed:
+            status = "partial"
+        else:
+            status = "ok"
+        if scored:
+            ad_id = np.concatenate([c.ad_id for c in scored])
+            bid = np.concatenate([c.bid for c in scored])
+            score = np.concatenate([c.score for c in scored])
+            top = rank(ad_id, bid, score, p.top_k)
+            ad_id, bid, score = ad_id[top], bid[top], score[top]
+        else:
+            ad_id, bid, score = (np.zeros(0, np.int64), np.zeros(0, np.float32),
+                                 np.zeros(0, np.float32))
+        result = ScoreResult(p.request_id, status, ad_id=ad_id, bid=bid, score=score,
+                             n_candidates=p.n_candidates, n_scored=n_scored,
+                             reason="deadline passed" if status != "ok" else None)
+        assert self._emit is not None
+        try:
+            await self._emit(Outgoing(p.reply_to or self.s.topics.results, encode(result),
+                                      key=p.request_id.encode(), headers=p.headers))
+        except BaseException as e:
+            p.answered.set_exception(e)
+            raise
+        self.counts[status] += 1
+        del self._pending[p.request_id]
+        self._done[p.request_id] = None
+        while len(self._done) > self.s.aggregator.dedupe_capacity:
+            self._done.popitem(last=False)
+        p.answered.set_result(None)
+
+    async def _watch_deadlines(self) -> None:
+        """Answer requests whose deadline passed with what they have."""
+        tick = self.s.aggregator.tick_ms / 1000
+        while not self._closing.is_set():
+            now = time.time() * 1000
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _, rid = heapq.heappop(self._deadlines)
+                p = self._pending.get(rid)
+                if p is not None and not p.finishing:
+                    await self._answer(p, deadline_passed=True)
+            await asyncio.sleep(tick)
+
+    def dead_letter(self, record: Record, error: Exception) -> Outgoing:
+        return dead_letter(record, error, self.name, self.s.topics.dlq)

@@ -1,0 +1,91 @@
+"""The client side: produce ScoreRequests and wait for their ScoreResults."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+
+from pipeline import headers as H
+from pipeline.transport.base import Outgoing, Producer, Transport
+from schemas.errors import SchemaError
+from schemas.messages import ScoreRequest, ScoreResult, decode, encode, schema_name
+
+REQUEST_SCHEMA = schema_name(ScoreRequest.TYPE)
+log = structlog.get_logger("adstream.client")
+
+
+def request_message(req: ScoreRequest, topic: str) -> Outgoing:
+    """A request keyed by user id (one user's requests stay in order) with its headers."""
+    headers = H.make(REQUEST_SCHEMA, deadline_ms=req.deadline_ms, trace_id=req.request_id)
+    return Outgoing(topic, encode(req), key=req.user_id.encode(), headers=headers)
+
+
+class ResultWaiter:
+    """Reads a results topic from its end and resolves one future per awaited request id."""
+
+    def __init__(self, transport: Transport, topic: str) -> None:
+        self.transport = transport
+        self.topic = topic
+        self._futures: dict[str, asyncio.Future[ScoreResult]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.received_at: dict[str, float] = {}
+        self.unexpected = 0
+
+    async def __aenter__(self) -> ResultWaiter:
+        consumer = self.transport.consumer([self.topic], None, from_end=True)
+        await consumer.start()
+        self._task = asyncio.create_task(self._read(consumer))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def expect(self, request_id: str) -> asyncio.Future[ScoreResult]:
+        fut = self._futures.get(request_id)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._futures[request_id] = fut
+        return fut
+
+    async def _read(self, consumer: object) -> None:
+        from pipeline.transport.base import Consumer
+
+        assert isinstance(consumer, Consumer)
+        try:
+            while True:
+                batch = await consumer.getmany(100, 10_000)
+                now = time.monotonic()
+                for records in batch.values():
+                    for rec in records:
+                        try:
+                            res = decode(rec.value, ScoreResult)
+                        except SchemaError as e:
+                            log.warning("unreadable result", where=rec.where(), reason=str(e))
+                            continue
+                        fut = self._futures.get(res.request_id)
+                        if fut is None or fut.done():
+                            self.unexpected += 1
+                            continue
+                        self.received_at[res.request_id] = now
+                        fut.set_result(res)
+        finally:
+            await consumer.stop()
+
+
+async def send_requests(
+    producer: Producer, requests: list[ScoreRequest], topic: str
+) -> dict[str, float]:
+    """Produce ``requests``; wait until Kafka acknowledged all; return each one's send time."""
+    sent: dict[str, float] = {}
+    acks = []
+    for req in requests:
+        sent[req.request_id] = time.monotonic()
+        acks.append(await producer.send(request_message(req, topic)))
+    await asyncio.gather(*acks)
+    return sent

@@ -1,0 +1,262 @@
+"""``adstream`` commands for the ads roles: topics, produce, worker, run, demo, model."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from pipeline import runner
+from pipeline.cli import settings_from_args
+from pipeline.headers import now_ms
+from schemas.errors import SchemaError
+from schemas.json_form import request_from_json
+from schemas.messages import ScoreRequest, ScoreResult
+from workers.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return settings_from_args(Settings, args)
+
+
+# ---- topics ----------------------------------------------------------------------------------
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from workers.roles import ensure_topics, transport_for
+
+    s = _settings(args)
+    if args.partitions is not None:
+        s.topics.partitions = args.partitions
+    if args.replication is not None:
+        s.topics.replication = args.replication
+
+    async def go(stop: asyncio.Event) -> list[str]:
+        return await ensure_topics(s, transport_for(s))
+
+    created = runner.run(go)
+    t = s.topics
+    for name in (t.requests, t.features, t.scores, t.results, t.dlq):
+        state = "created" if name in created else "exists"
+        print(f"{name}: {state}" + (f" ({s.topics.partitions} partitions)"
+                                    if name in created else ""))
+    return 0
+
+
+# ---- produce ---------------------------------------------------------------------------------
+
+
+def read_requests(source: str, fmt: str, reply_to: str | None) -> Iterator[
+        tuple[int, ScoreRequest | SchemaError]]:
+    """Yield (line or item number, request or the error that names what was wrong)."""
+    stream = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+    try:
+        if fmt == "auto":
+            fmt = "msgpack" if source.endswith((".msgpack", ".mpk")) else "jsonl"
+        if fmt == "msgpack":
+            for i, item in enumerate(msgpack.Unpacker(stream, raw=False), 1):
+                try:
+                    if not isinstance(item, dict):
+                        raise SchemaError("", "expected a map")
+                    req = ScoreRequest.from_wire(item)
+                except SchemaError as e:
+                    yield i, e
+                    continue
+                if reply_to:
+                    req.reply_to = reply_to
+                yield i, req
+            return
+        for i, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                data: Any = json.loads(line)
+                req = request_from_json(data, now_ms())
+            except json.JSONDecodeError as e:
+                yield i, SchemaError("", f"not valid JSON ({e.msg} at column {e.colno})")
+                continue
+            except SchemaError as e:
+                yield i, e
+                continue
+            if reply_to:
+                req.reply_to = reply_to
+            yield i, req
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from workers.client import ResultWaiter, request_message
+    from workers.roles import transport_for
+
+    s = _settings(args)
+    topic = args.topic or s.topics.requests
+    results_topic = args.reply_to or s.topics.results
+
+    async def go(stop: asyncio.Event) -> int:
+        transport = transport_for(s)
+        if await transport.partitions(topic) == 0:
+            print(f"adstream produce: topic {topic!r} does not exist at {s.kafka.bootstrap}; "
+                  "run `adstream topics create` first", file=sys.stderr)
+            return 2
+        bad = sent = 0
+        waiter = ResultWaiter(transport, results_topic)
+        producer = transport.producer()
+        await producer.start()
+        futures: list[asyncio.Future[ScoreResult]] = []
+        try:
+            if args.wait:
+                await waiter.__aenter__()
+            acks = []
+            for where, item in read_requests(args.file, args.format, args.reply_to):
+                if isinstance(item, SchemaError):
+                    bad += 1
+                    print(f"adstream produce: {args.file}:{where}: {item}", file=sys.stderr)
+                    continue
+                if args.wait:
+                    futures.append(waiter.expect(item.request_id))
+                acks.append(await producer.send(request_message(item, topic)))
+                sent += 1
+            await asyncio.gather(*acks)
+            print(f"produced {sent} request(s) to {topic}"
+                  + (f"; {bad} invalid line(s) skipped" if bad else ""), file=sys.stderr)
+            lost = 0
+            if args.wait and futures:
+                done, pending = await asyncio.wait(futures, timeout=args.timeout)
+                for fut in futures:
+                    if fut in done:
+                        print(json.dumps(fut.result().to_json()), flush=True)
+                lost = len(pending)
+                if lost:
+                    print(f"adstream produce: no result for {lost} request(s) within "
+                          f"{args.timeout}s", file=sys.stderr)
+            return 1 if (bad or lost) else 0
+        finally:
+            await producer.stop()
+            if args.wait:
+                await waiter.__aexit__(None, None, None)
+
+    return runner.run(go)
+
+
+# ---- workers ---------------------------------------------------------------------------------
+
+
+def _run_roles(args: argparse.Namespace, roles: list[str]) -> int:
+    from workers.roles import run_roles
+
+    s = _settings(args)
+
+    async def go(stop: asyncio.Event) -> int:
+        await run_roles(roles, s, stop)
+        return 0
+
+    return runner.run(go)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    return _run_roles(args, [args.role])
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run_roles(args, ["features", "scorer", "aggregator"])
+
+
+# ---- model -----------------------------------------------------------------------------------
+
+
+def cmd_model_build(args: argparse.Namespace) -> int:
+    from workers.model_build import build_reference_model
+
+    s = _settings(args)
+    repo = Path(args.repo or s.scorer.model_repo)
+    path = build_reference_model(repo, name=args.name, version=args.version, seed=args.seed)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {repo / args.name}/config.toml")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from workers.demo import run_demo
+
+    s = _settings(args)
+    return run_demo(s, broker=args.broker, requests=args.requests, seed=args.seed)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from pipeline.config import reference
+
+    s = _settings(args)
+    if args.reference:
+        print("| setting | default | environment | type |\n|---|---|---|---|")
+        for name, default, env, typ in reference(Settings):
+            print(f"| `{name}` | `{default}` | `{env}` | {typ} |")
+        return 0
+    for table in vars(s):
+        print(f"[{table}]")
+        for key, value in vars(getattr(s, table)).items():
+            print(f"{key} = {json.dumps(value)}")
+        print()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+             common: argparse.ArgumentParser) -> None:
+    topics = sub.add_parser("topics", help="manage adstream's Kafka topics")
+    tsub = topics.add_subparsers(dest="topics_command", required=True, metavar="COMMAND")
+    create = tsub.add_parser("create", parents=[common],
+                             help="create the five topics (idempotent)")
+    create.add_argument("--partitions", type=int, default=None,
+                        help="partitions per topic (default: topics.partitions, 8)")
+    create.add_argument("--replication", type=int, default=None)
+    create.set_defaults(func=cmd_topics_create)
+
+    produce = sub.add_parser("produce", parents=[common],
+                             help="send requests (JSON lines or MessagePack) to ads.requests")
+    produce.add_argument("file", help="a .jsonl / .msgpack file, or - for standard input")
+    produce.add_argument("--format", choices=["auto", "jsonl", "msgpack"], default="auto")
+    produce.add_argument("--wait", action="store_true",
+                         help="wait for each request's result and print it as a JSON line")
+    produce.add_argument("--timeout", type=float, default=30.0,
+                         help="seconds to wait for results with --wait (default 30)")
+    produce.add_argument("--topic", default=None, help="request topic (default topics.requests)")
+    produce.add_argument("--reply-to", default=None,
+                         help="topic for the results (must exist; default topics.results)")
+    produce.set_defaults(func=cmd_produce)
+
+    worker = sub.add_parser("worker", parents=[common], help="run one role")
+    worker.add_argument("role", choices=["features", "scorer", "aggregator"])
+    worker.set_defaults(func=cmd_worker)
+
+    run = sub.add_parser("run", parents=[common], help="run all three roles in this process")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", parents=[common],
+                          help="start what is missing, score generated requests, summarize")
+    demo.add_argument("--broker", choices=["kafka", "memory"], default="kafka",
+                      help="kafka (default; started if none answers) or the in-process broker")
+    demo.add_argument("--requests", type=int, default=300)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(func=cmd_demo)
+
+    model = sub.add_parser("model", help="the model repository")
+    msub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
+    build = msub.add_parser("build", parents=[common],
+                            help="write the reference DLRM-style CTR model (ONNX)")
+    build.add_argument("--repo", default=None, help="model repository (default scorer.model_repo)")
+    build.add_argument("--name", default="ctr")
+    build.add_argument("--version", type=int, default=1)
+    build.add_argument("--seed", type=int, default=0)
+    build.set_defaults(func=cmd_model_build)
+
+    config = sub.add_parser("config", parents=[common],
+                            help="print the effective settings (or --reference: every setting)")
+    config.add_argument("--reference", action="store_true",
+                        help="a Markdown table of every setting, default and env variable")
+    config.set_defaults(func=cmd_config)

@@ -1,0 +1,90 @@
+"""The feature actor: ScoreRequest -> FeatureChunks (model inputs, a slice of candidates each)."""
+
+from __future__ import annotations
+
+import time
+
+from pipeline import headers as H
+from pipeline.actor import Handler
+from pipeline.transport.base import Outgoing, Record, Transport
+from schemas.errors import SchemaError
+from schemas.messages import FeatureChunk, ScoreRequest, decode, encode, schema_name
+from workers.features import FeaturePipeline
+from workers.replies import dead_letter, status_result
+from workers.settings import Settings
+
+CHUNK_SCHEMA = schema_name(FeatureChunk.TYPE)
+
+
+class FeatureActor(Handler):
+    name = "features"
+    ordered = True
+
+    def __init__(self, settings: Settings, pipeline: FeaturePipeline, transport: Transport) -> None:
+        self.s = settings
+        self.pipeline = pipeline
+        self.transport = transport
+        self._topics_seen: dict[str, bool] = {settings.topics.results: True}
+        self.expired = 0
+
+    async def _topic_exists(self, topic: str) -> bool:
+        if topic not in self._topics_seen:
+            self._topics_seen[topic] = await self.transport.partitions(topic) > 0
+        return self._topics_seen[topic]
+
+    def _reply_topic(self, reply_to: str | None) -> str:
+        return reply_to or self.s.topics.results
+
+    async def handle(self, record: Record) -> list[Outgoing]:
+        req = decode(record.value, ScoreRequest, max_bytes=self.s.actor.max_message_bytes)
+        if req.reply_to is not None and not await self._topic_exists(req.reply_to):
+            raise SchemaError("reply_to", f"topic {req.reply_to!r} does not exist",
+                              request_id=req.request_id)
+        n = req.n_candidates
+        if n > self.s.features.max_candidates:
+            raise SchemaError("candidates", f"{n} candidates exceed the limit of "
+                              f"{self.s.features.max_candidates}", request_id=req.request_id,
+                              reply_to=req.reply_to)
+        deadline = (H.int_header(record.headers, H.DEADLINE_MS) or req.deadline_ms
+                    or record.timestamp_ms + self.s.features.default_timeout_ms)
+        headers = dict(record.headers)
+        headers[H.DEADLINE_MS] = str(deadline).encode()
+        headers.setdefault(H.TRACE_ID, req.request_id.encode())
+        if deadline <= time.time() * 1000:
+            self.expired += 1
+            return [status_result(req.request_id, "expired", self._reply_topic(req.reply_to),
+                                  reason="deadline passed before feature extraction",
+                                  n_candidates=n, headers=headers)]
+        try:
+            dense, sparse = self.pipeline(req)
+        except SchemaError as e:
+            e.request_id, e.reply_to = req.request_id, req.reply_to
+            raise
+        step = self.s.features.chunk_rows
+        n_chunks = (n + step - 1) // step
+        out_headers = H.carry(headers, CHUNK_SCHEMA)
+        bid = req.candidates["bid"].astype("<f4", copy=False)
+        ad_id = req.candidates["ad_id"].astype("<i8", copy=False)
+        outputs = []
+        for i in range(n_chunks):
+            sl = slice(i * step, (i + 1) * step)
+            chunk = FeatureChunk(
+                request_id=req.request_id, chunk=i, n_chunks=n_chunks, n_candidates=n,
+                top_k=req.top_k, reply_to=req.reply_to, deadline_ms=deadline,
+                ad_id=ad_id[sl], bid=bid[sl], dense=dense[sl], sparse=sparse[sl],
+            )
+            outputs.append(Outgoing(self.s.topics.features, encode(chunk),
+                                    key=f"{req.request_id}:{i}".encode(), headers=out_headers))
+        return outputs
+
+    def dead_letter(self, record: Record, error: Exception) -> Outgoing:
+        return dead_letter(record, error, self.name, self.s.topics.dlq)
+
+    def rejected(self, record: Record, error: Exception) -> list[Outgoing]:
+        if not isinstance(error, SchemaError) or not error.request_id:
+            return []
+        topic = self.s.topics.results
+        if error.reply_to and self._topics_seen.get(error.reply_to):
+            topic = error.reply_to
+        return [status_result(error.request_id, "rejected", topic, reason=error.reason,
+                              headers=record.headers)]

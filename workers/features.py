@@ -1,0 +1,91 @@
+"""The feature pipeline: a configured list of transforms that turns a request into model inputs."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas.messages import ScoreRequest
+from workers.transforms import FeatureBatch, Transform, categorical, cross, numeric
+
+DEFAULT_SPEC = Path(__file__).with_name("features.default.toml")
+
+
+class FeatureConfigError(ValueError):
+    """A feature spec that does not fit the model; names the feature and the file."""
+
+
+@dataclass
+class FeaturePipeline:
+    transforms: list[Transform]
+    n_sparse: int
+    n_dense: int
+
+    @classmethod
+    def from_spec(
+        cls,
+        sparse_names: list[str],
+        sparse_buckets: list[int],
+        dense_names: list[str],
+        spec_path: Path | None = None,
+    ) -> FeaturePipeline:
+        """Build the pipeline for a model's input columns from a TOML spec (default bundled)."""
+        path = spec_path or DEFAULT_SPEC
+        try:
+            spec = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise FeatureConfigError(f"{path}: cannot read feature spec ({e})") from None
+        sparse_spec: dict[str, Any] = spec.get("sparse", {})
+        dense_spec: dict[str, Any] = spec.get("dense", {})
+        for kind, names, table in (("sparse", sparse_names, sparse_spec),
+                                   ("dense", dense_names, dense_spec)):
+            missing = [n for n in names if n not in table]
+            if missing:
+                raise FeatureConfigError(
+                    f"{path}: the model needs {kind} features {missing} that [{kind}.NAME] "
+                    "tables do not define")
+        firsts: list[Transform] = []
+        crosses: list[Transform] = []
+        for col, (name, buckets) in enumerate(zip(sparse_names, sparse_buckets, strict=True)):
+            entry = sparse_spec[name]
+            try:
+                if "cross" in entry:
+                    crosses.append(cross(name, list(entry["cross"]), col, int(buckets)))
+                else:
+                    firsts.append(categorical(name, str(entry["source"]), col, int(buckets)))
+            except (KeyError, ValueError, TypeError) as e:
+                raise FeatureConfigError(f"{path}: sparse.{name}: {e}") from None
+        dense: list[Transform] = []
+        for col, name in enumerate(dense_names):
+            entry = dict(dense_spec[name])
+            try:
+                source = str(entry.pop("source"))
+                clip = entry.pop("clip", None)
+                dense.append(numeric(name, source, col,
+                                     clip=None if clip is None else (float(clip[0]),
+                                                                     float(clip[1])),
+                                     **entry))
+            except (KeyError, ValueError, TypeError) as e:
+                raise FeatureConfigError(f"{path}: dense.{name}: {e}") from None
+        return cls(firsts + crosses + dense, len(sparse_names), len(dense_names))
+
+    def __call__(self, req: ScoreRequest) -> tuple[np.ndarray, np.ndarray]:
+        """``(dense float32 [n, n_dense], sparse int64 [n, n_sparse])`` for all candidates."""
+        n = req.n_candidates
+        user = dict(req.user)
+        user.setdefault("user_id", req.user_id)
+        batch = FeatureBatch(
+            request_id=req.request_id,
+            user=user,
+            context=req.context,
+            candidates=req.candidates,
+            sparse=np.empty((n, self.n_sparse), dtype=np.int64),
+            dense=np.empty((n, self.n_dense), dtype=np.float32),
+        )
+        for t in self.transforms:
+            t(batch)
+        return batch.dense, batch.sparse

@@ -1,0 +1,103 @@
+"""Build the three roles from settings and run any of them in this process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from pathlib import Path
+
+import structlog
+
+from pipeline.actor import Actor, ActorSettings, Handler
+from pipeline.batcher import DynamicBatcher
+from pipeline.transport import Transport, open_transport
+from workers.aggregator import Aggregator
+from workers.feature_actor import FeatureActor
+from workers.features import FeaturePipeline
+from workers.model_repo import ModelSpec, load_model
+from workers.scorer import ScoringWorker
+from workers.settings import Settings
+
+ROLES = ("features", "scorer", "aggregator")
+log = structlog.get_logger("adstream.roles")
+
+
+def transport_for(settings: Settings) -> Transport:
+    return open_transport(settings.kafka.bootstrap, **settings.kafka.client_options())
+
+
+def model_spec(settings: Settings) -> ModelSpec:
+    sc = settings.scorer
+    return load_model(Path(sc.model_repo), sc.model, sc.version or None)
+
+
+def feature_pipeline(settings: Settings, spec: ModelSpec) -> FeaturePipeline:
+    c = spec.config
+    return FeaturePipeline.from_spec(
+        list(c.sparse_features), list(c.sparse_buckets), list(c.dense_features),
+        Path(settings.features.spec) if settings.features.spec else None)
+
+
+def scoring_batcher(settings: Settings, spec: ModelSpec) -> DynamicBatcher:
+    """One batcher over ``instances`` backends (each its own onnxruntime session or stream)."""
+    from workers.backends import create_backend
+
+    sc, c = settings.scorer, spec.config
+    instances = sc.instances or c.instance_count
+    options = {}
+    if sc.intra_op_threads or c.intra_op_threads:
+        options["intra_op_threads"] = sc.intra_op_threads or c.intra_op_threads
+    backends = [create_backend(spec, sc.backend or None, **options) for _ in range(instances)]
+    return DynamicBatcher(
+        [b.score for b in backends],
+        max_rows=sc.max_batch_rows or c.max_batch_rows,
+        max_wait_ms=sc.max_wait_ms if sc.max_wait_ms >= 0 else c.max_wait_ms,
+    )
+
+
+def build_handler(role: str, settings: Settings, transport: Transport) -> Handler:
+    if role == "features":
+        return FeatureActor(settings, feature_pipeline(settings, model_spec(settings)), transport)
+    if role == "scorer":
+        spec = model_spec(settings)
+        return ScoringWorker(settings, scoring_batcher(settings, spec),
+                             n_dense=len(spec.config.dense_features),
+                             n_sparse=len(spec.config.sparse_features))
+    if role == "aggregator":
+        return Aggregator(settings)
+    raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+
+
+def build_actor(role: str, settings: Settings, transport: Transport) -> Actor:
+    t, a = settings.topics, settings.actor
+    inputs = {"features": t.requests, "scorer": t.features, "aggregator": t.scores}
+    handler = build_handler(role, settings, transport)
+    return Actor(transport, handler, ActorSettings(
+        group_id=f"{settings.kafka.group_prefix}-{role}",
+        input_topics=[inputs[role]],
+        dlq_topic=t.dlq,
+        max_in_flight=a.max_in_flight,
+        resume_in_flight=a.resume_in_flight,
+        commit_interval_ms=a.commit_interval_ms,
+        drain_timeout_s=a.drain_timeout_s,
+        revoke_timeout_s=a.revoke_timeout_s,
+    ))
+
+
+async def ensure_topics(settings: Settings, transport: Transport) -> list[str]:
+    t = settings.topics
+    return await transport.create_topics(
+        [t.requests, t.features, t.scores, t.results, t.dlq], t.partitions, t.replication)
+
+
+async def run_roles(
+    roles: Iterable[str], settings: Settings, stop: asyncio.Event,
+    transport: Transport | None = None,
+) -> list[Actor]:
+    """Run the given roles in this process until ``stop`` is set; return their actors."""
+    transport = transport or transport_for(settings)
+    actors = [build_actor(r, settings, transport) for r in roles]
+    async with asyncio.TaskGroup() as tg:
+        for a in actors:
+            tg.create_task(a.run(stop))
+    return actors

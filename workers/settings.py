@@ -1,0 +1,55 @@
+"""adstream's settings: the runtime's tables plus one per role (see ``adstream config``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.config import ActorSection, KafkaSection, LogSection
+
+
+@dataclass
+class TopicsSection:
+    requests: str = "ads.requests"
+    features: str = "ads.features"
+    scores: str = "ads.scores"
+    results: str = "ads.results"
+    dlq: str = "ads.dlq"
+    partitions: int = 8  # used by `adstream topics create`
+    replication: int = 1
+
+
+@dataclass
+class FeaturesSection:
+    chunk_rows: int = 256  # candidates per FeatureChunk; large requests fan out
+    spec: str = ""  # feature spec TOML; empty = the bundled default
+    default_timeout_ms: int = 10_000  # deadline for requests that carry none
+    max_candidates: int = 10_000
+
+
+@dataclass
+class ScorerSection:
+    model_repo: str = "models"
+    model: str = "ctr"
+    version: int = 0  # 0 = the highest version in the repository
+    backend: str = ""  # empty = the model's config.toml; onnxruntime or cupy
+    max_batch_rows: int = 0  # 0 = the model's config.toml
+    max_wait_ms: float = -1.0  # <0 = the model's config.toml
+    instances: int = 0  # model instances (threads); 0 = the model's config.toml
+    intra_op_threads: int = 0  # onnxruntime threads per instance; 0 = the model's config.toml
+
+
+@dataclass
+class AggregatorSection:
+    dedupe_capacity: int = 200_000  # finished request ids remembered to drop duplicate chunks
+    tick_ms: int = 5  # how often deadlines are checked
+
+
+@dataclass
+class Settings:
+    kafka: KafkaSection = field(default_factory=KafkaSection)
+    topics: TopicsSection = field(default_factory=TopicsSection)
+    actor: ActorSection = field(default_factory=ActorSection)
+    features: FeaturesSection = field(default_factory=FeaturesSection)
+    scorer: ScorerSection = field(default_factory=ScorerSection)
+    aggregator: AggregatorSection = field(default_factory=AggregatorSection)
+    log: LogSection = field(default_factory=LogSection)
