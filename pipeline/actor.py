@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
 import structlog
 
 from pipeline.flow import FlowControl
@@ -205,7 +206,7 @@ class Actor:
                 outputs = await self.handler.handle(rec)
             except (asyncio.CancelledError, ProducerFailed):
                 raise
-            except Exception as e:  # any failure of one message is that message's, not ours
+            except Exception as e:  # noqa: BLE001 - one message's failure is that message's
                 outputs = self._dead_letter(rec, e)
             if prev is not None:
                 await asyncio.shield(prev)

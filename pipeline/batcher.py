@@ -167,7 +167,7 @@ class DynamicBatcher:
                 if not it.future.done():
                     it.future.set_result(out[pos:pos + it.rows])
                 pos += it.rows
-        except Exception as e:  # the model failed: every submission of this batch learns why
+        except Exception as e:  # noqa: BLE001 - every submission of the batch learns why
             for it in batch:
                 if not it.future.done():
                     it.future.set_exception(e)

@@ -15,7 +15,7 @@ from pipeline.transport.base import TP
 class PartitionOffsets:
     """Started and done offsets of one partition, in the order they were fetched."""
 
-    __slots__ = ("_pending", "_done", "_next", "committed")
+    __slots__ = ("_done", "_next", "_pending", "committed")
 
     def __init__(self) -> None:
         self._pending: deque[int] = deque()

@@ -15,7 +15,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         import uvloop
     except ImportError:  # uvloop is optional on platforms without it
         return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:

@@ -15,10 +15,10 @@ from schemas.messages import (
 __all__ = [
     "DeadLetter",
     "FeatureChunk",
+    "SchemaError",
     "ScoreChunk",
     "ScoreRequest",
     "ScoreResult",
-    "SchemaError",
     "decode",
     "encode",
     "schema_name",

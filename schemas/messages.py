@@ -397,8 +397,7 @@ def encode(msg: Message) -> bytes:
 def check_schema(value: Any, type_name: str) -> None:
     """Accept ``ads.<type_name>/<MAJOR>.x``; reject anything else with the reason."""
     if not isinstance(value, str):
-        raise SchemaError("schema", "missing schema name (expected 'ads.%s/%d.x')"
-                          % (type_name, MAJOR))
+        raise SchemaError("schema", f"missing schema name (expected 'ads.{type_name}/{MAJOR}.x')")
     name, _, version = value.partition("/")
     if name != f"ads.{type_name}":
         raise SchemaError("schema", f"{value!r} where ads.{type_name} is expected")
@@ -414,7 +413,7 @@ def decode(data: bytes, cls: type[M], *, max_bytes: int = DEFAULT_MAX_MESSAGE_BY
         raise SchemaError("", f"message of {len(data)} bytes is over the {max_bytes}-byte limit")
     try:
         d = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except Exception as e:  # msgpack raises several unrelated types for garbage input
+    except Exception as e:  # noqa: BLE001 - msgpack raises many unrelated types
         raise SchemaError("", f"not valid MessagePack ({type(e).__name__}: {e})") from None
     if not isinstance(d, dict):
         raise SchemaError("", f"expected a map at the top level, got {type(d).__name__}")

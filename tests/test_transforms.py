@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from schemas import ScoreRequest, SchemaError
+from schemas import SchemaError, ScoreRequest
 from workers.features import FeatureConfigError, FeaturePipeline
 from workers.model_repo import load_model
 from workers.transforms import (
@@ -117,5 +117,5 @@ def test_request_without_optional_fields_still_scores(spec) -> None:
                                      list(c.dense_features))
     req = ScoreRequest("r", "u", {"ad_id": np.arange(3, dtype=np.int64),
                                   "bid": np.ones(3, np.float32)})
-    dense, sparse = pipe(req)
+    dense, _sparse = pipe(req)
     assert dense.shape == (3, 13) and np.isfinite(dense).all()

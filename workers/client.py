@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Self
 
 import structlog
 
@@ -34,7 +35,7 @@ class ResultWaiter:
         self.received_at: dict[str, float] = {}
         self.unexpected = 0
 
-    async def __aenter__(self) -> ResultWaiter:
+    async def __aenter__(self) -> Self:
         consumer = self.transport.consumer([self.topic], None, from_end=True)
         await consumer.start()
         self._task = asyncio.create_task(self._read(consumer))

@@ -53,7 +53,7 @@ def run_demo(settings: Settings, *, broker: str, requests: int, seed: int) -> in
     else:
         bootstrap = settings.kafka.bootstrap
         if not asyncio.run(kafka_local.broker_answers(bootstrap, timeout_s=2)):
-            host, _, port = bootstrap.partition(":")
+            _host, _, port = bootstrap.partition(":")
             print(f"no Kafka broker answers at {bootstrap}; starting one (the first start "
                   "downloads Kafka from Maven Central, once)")
             started = kafka_local.start_broker(int(port or 9092))

@@ -1,0 +1,132 @@
+"""Worker processes on a real Kafka broker, each test with its own topics and groups."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas import ScoreResult, decode
+
+_ids = itertools.count()
+ROLES = ("features", "scorer", "aggregator")
+
+
+class Stack:
+    """A config file, topics, and one ``adstream worker`` process per role."""
+
+    def __init__(self, bootstrap: str, model_repo: Path, tmp: Path, **extra: dict) -> None:
+        self.bootstrap = bootstrap
+        self.tmp = tmp
+        self.prefix = f"t{os.getpid()}x{next(_ids)}x{int(time.time())}"
+        self.topics = {name: f"{self.prefix}.{name}"
+                       for name in ("requests", "features", "scores", "results", "dlq")}
+        tables: dict[str, dict] = {
+            "kafka": {"bootstrap": bootstrap, "group_prefix": self.prefix},
+            "topics": {**self.topics, "partitions": 4},
+            "scorer": {"model_repo": str(model_repo)},
+            "actor": {"drain_timeout_s": 5.0, "commit_interval_ms": 100},
+            "log": {"format": "json"},
+        }
+        for table, values in extra.items():
+            tables.setdefault(table, {}).update(values)
+        lines = []
+        for table, values in tables.items():
+            lines.append(f"[{table}]")
+            for k, v in values.items():
+                lines.append(f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"')
+        self.config = tmp / "adstream.toml"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+        self.starts: dict[str, int] = dict.fromkeys(ROLES, 0)
+
+    def cli(self, *args: str, timeout: float = 300, stdin: bytes | None = None
+            ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", *args, "--config", str(self.config)],
+            input=stdin, capture_output=True, timeout=timeout, check=False)
+
+    def create_topics(self) -> None:
+        out = self.cli("topics", "create")
+        assert out.returncode == 0, out.stderr.decode()
+
+    def start(self, role: str, wait: bool = True) -> None:
+        self.starts[role] += 1
+        log = self.tmp / f"{role}.{self.starts[role]}.log"
+        self.logs[role] = log
+        self.procs[role] = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "worker", role, "--config", str(self.config)],
+            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))  # noqa: SIM115
+        if wait:
+            self.wait_ready(role)
+
+    def wait_ready(self, role: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while b"partitions assigned" not in self.logs[role].read_bytes():
+            if self.procs[role].poll() is not None:
+                raise AssertionError(f"{role} exited: {self.logs[role].read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{role} not ready: {self.logs[role].read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def start_all(self) -> None:
+        for role in ROLES:
+            self.start(role, wait=False)
+        for role in ROLES:
+            self.wait_ready(role)
+
+    def stop(self, role: str, timeout: float = 30) -> int:
+        proc = self.procs.pop(role)
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout)
+
+    def alive(self) -> dict[str, bool]:
+        return {role: p.poll() is None for role, p in self.procs.items()}
+
+    def close(self) -> None:
+        for role in list(self.procs):
+            proc = self.procs.pop(role)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def read_topic(self, topic: str) -> list:
+        """Every record of ``topic`` from the beginning to its current end."""
+        return asyncio.run(_read_topic(self.bootstrap, topic))
+
+    def results(self) -> list[ScoreResult]:
+        return [decode(r.value, ScoreResult) for r in self.read_topic(self.topics["results"])]
+
+
+async def _read_topic(bootstrap: str, topic: str) -> list:
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        parts = c.partitions_for_topic(topic)
+        if not parts:
+            await c._client.force_metadata_update()
+            c._client.add_topic(topic)
+            await c._client.force_metadata_update()
+            parts = c.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        end = await c.end_offsets(tps)
+        out = []
+        while any(await c.position(tp) < end[tp] for tp in tps):
+            batch = await c.getmany(timeout_ms=500)
+            for recs in batch.values():
+                out.extend(recs)
+        return out
+    finally:
+        await c.stop()

@@ -1,0 +1,75 @@
+"""All three roles on the in-process broker: every request answered once, correctly."""
+
+import asyncio
+import itertools
+import time
+
+import pytest
+from helpers import DirectScorer, assert_same_answer
+
+from loadtest.generate import generate
+from pipeline.transport.memory import MemoryBroker
+from schemas import ScoreRequest
+from schemas.json_form import request_from_json
+from workers.client import ResultWaiter, send_requests
+from workers.model_repo import load_model
+from workers.roles import ensure_topics, run_roles, transport_for
+from workers.settings import Settings
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def settings(model_repo):
+    s = Settings()
+    name = f"e2e{next(_names)}"
+    s.kafka.bootstrap = f"memory://{name}"
+    s.scorer.model_repo = str(model_repo)
+    s.features.chunk_rows = 64
+    s.topics.partitions = 3
+    yield s
+    MemoryBroker.drop(name)
+
+
+def _requests(n: int, seed: int, timeout_ms: int = 30_000) -> list[ScoreRequest]:
+    now = int(time.time() * 1000)
+    return [request_from_json(d, now)
+            for d in generate(n, seed=seed, candidates="uniform:1,300", timeout_ms=timeout_ms)]
+
+
+async def _serve(settings, reqs, timeout=30.0):
+    transport = transport_for(settings)
+    await ensure_topics(settings, transport)
+    stop = asyncio.Event()
+    roles = asyncio.create_task(run_roles(["features", "scorer", "aggregator"], settings, stop,
+                                          transport))
+    producer = transport.producer()
+    async with ResultWaiter(transport, settings.topics.results) as waiter:
+        futs = {r.request_id: waiter.expect(r.request_id) for r in reqs}
+        await send_requests(producer, reqs, settings.topics.requests)
+        await asyncio.wait(futs.values(), timeout=timeout)
+        await asyncio.sleep(0.2)  # a duplicate answer would arrive by now
+        unexpected = waiter.unexpected
+    stop.set()
+    actors = await roles
+    return {rid: f.result() for rid, f in futs.items() if f.done()}, unexpected, actors
+
+
+async def test_every_request_gets_the_direct_top_k(settings, model_repo) -> None:
+    reqs = _requests(150, seed=11)
+    results, unexpected, actors = await _serve(settings, reqs)
+    assert len(results) == len(reqs) and unexpected == 0
+    direct = DirectScorer(load_model(model_repo, "ctr"))
+    for req in reqs:
+        assert_same_answer(direct, req, results[req.request_id])
+    scorer = next(a for a in actors if a.handler.name == "scorer")
+    assert scorer.handler.batcher.stats.batches < scorer.stats.consumed  # rows were batched
+
+
+async def test_expired_requests_are_answered_expired(settings) -> None:
+    reqs = _requests(5, seed=12)
+    for r in reqs:
+        r.deadline_ms = int(time.time() * 1000) - 1
+    results, _, _ = await _serve(settings, reqs)
+    assert {r.status for r in results.values()} == {"expired"}
+    assert len(results) == 5
