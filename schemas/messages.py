@@ -414,7 +414,9 @@ def decode(data: bytes, cls: type[M], *, max_bytes: int = DEFAULT_MAX_MESSAGE_BY
     try:
         d = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as e:  # noqa: BLE001 - msgpack raises many unrelated types
-        raise SchemaError("", f"not valid MessagePack ({type(e).__name__}: {e})") from None
+        hint = ("; it looks like JSON: JSON lines go through `adstream produce`"
+                if data[:1] in (b"{", b"[") else "")
+        raise SchemaError("", f"not valid MessagePack ({type(e).__name__}: {e}){hint}") from None
     if not isinstance(d, dict):
         raise SchemaError("", f"expected a map at the top level, got {type(d).__name__}")
     rid = d.get("request_id") if isinstance(d.get("request_id"), str) else None

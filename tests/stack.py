@@ -123,7 +123,13 @@ async def _read_topic(bootstrap: str, topic: str) -> list:
         await c.seek_to_beginning(*tps)
         end = await c.end_offsets(tps)
         out = []
-        while any(await c.position(tp) < end[tp] for tp in tps):
+        async def behind() -> bool:
+            for tp in tps:
+                if await c.position(tp) < end[tp]:
+                    return True
+            return False
+
+        while await behind():
             batch = await c.getmany(timeout_ms=500)
             for recs in batch.values():
                 out.extend(recs)

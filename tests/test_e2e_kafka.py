@@ -82,7 +82,7 @@ def _malformed(base: ScoreRequest, missing_topic: str) -> list[tuple[str, bytes,
     nan_bid[1] = math.nan
     return [
         ("garbage", b"\xc1\xc1 not msgpack", "MessagePack"),
-        ("json", json.dumps({"request_id": "x"}).encode(), "top level"),
+        ("json", json.dumps({"request_id": "x"}).encode(), "looks like JSON"),
         ("future major", wire(schema="ads.ScoreRequest/2.0"), "schema"),
         ("wrong type", wire(schema="ads.ScoreChunk/1.0"), "schema"),
         ("no request id", wire(request_id=_DROP), "request_id"),
@@ -183,7 +183,9 @@ def test_graceful_restart_mid_stream_answers_each_request_exactly_once(stack, tm
     for role in ("scorer", "aggregator", "features"):
         assert stack.stop(role) == 0, f"{role} did not exit cleanly"
         stack.start(role)
+    answered_during_restarts = len(stack.results())
     t.join()
+    assert answered_during_restarts < n, "the restarts happened after the stream ended"
     out = outcome["out"]
     assert out.returncode == 0, out.stderr.decode()[-3000:]
     answered = [r.request_id for r in stack.results()]

@@ -80,13 +80,18 @@ class ResultWaiter:
 
 
 async def send_requests(
-    producer: Producer, requests: list[ScoreRequest], topic: str
+    producer: Producer, requests: list[ScoreRequest], topic: str, rate: float | None = None
 ) -> dict[str, float]:
-    """Produce ``requests``; wait until Kafka acknowledged all; return each one's send time."""
+    """Produce ``requests`` (at ``rate`` per second, open loop, or all at once); wait until
+    Kafka acknowledged all; return each one's intended send time (monotonic)."""
     sent: dict[str, float] = {}
     acks = []
-    for req in requests:
-        sent[req.request_id] = time.monotonic()
+    start = time.monotonic()
+    for i, req in enumerate(requests):
+        at = start + i / rate if rate else time.monotonic()
+        if rate and at > time.monotonic():
+            await asyncio.sleep(at - time.monotonic())
+        sent[req.request_id] = at
         acks.append(await producer.send(request_message(req, topic)))
     await asyncio.gather(*acks)
     return sent

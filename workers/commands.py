@@ -185,8 +185,11 @@ def cmd_model_build(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from workers.demo import run_demo
 
+    if args.log_level is None:
+        args.log_level = "warning"  # the demo's own summary is what a newcomer reads
     s = _settings(args)
-    return run_demo(s, broker=args.broker, requests=args.requests, seed=args.seed)
+    return run_demo(s, broker=args.broker, requests=args.requests, seed=args.seed,
+                    rate=args.rate)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -243,6 +246,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                       help="kafka (default; started if none answers) or the in-process broker")
     demo.add_argument("--requests", type=int, default=300)
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--rate", type=float, default=200.0, help="requests per second")
     demo.set_defaults(func=cmd_demo)
 
     model = sub.add_parser("model", help="the model repository")

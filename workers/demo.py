@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
@@ -40,12 +41,13 @@ def _print_summary(broker: str, results: dict[str, ScoreResult], sent: dict[str,
         print(f"  e.g. {first.request_id}: {top}")
 
 
-def run_demo(settings: Settings, *, broker: str, requests: int, seed: int) -> int:
+def run_demo(settings: Settings, *, broker: str, requests: int, seed: int, rate: float) -> int:
     from loadtest.generate import generate
     from workers.client import ResultWaiter, send_requests
     from workers.model_build import build_reference_model
     from workers.roles import ensure_topics, run_roles, transport_for
 
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # transient start-up noise
     started: kafka_local.LocalBroker | None = None
     if broker == "memory":
         settings.kafka.bootstrap = "memory://demo"
@@ -69,21 +71,22 @@ def run_demo(settings: Settings, *, broker: str, requests: int, seed: int) -> in
         transport = transport_for(settings)
         await ensure_topics(settings, transport)
         roles_stop = asyncio.Event()
+        ready = asyncio.Event()
         roles = asyncio.create_task(run_roles(["features", "scorer", "aggregator"], settings,
-                                              roles_stop, transport))
+                                              roles_stop, transport, ready))
         try:
             reqs = [request_from_json(d, int(time.time() * 1000) + 30_000)
                     for d in generate(requests, seed=seed, candidates="uniform:20,300")]
-            for r in reqs:
-                r.deadline_ms = int(time.time() * 1000) + 30_000
             producer = transport.producer()
             await producer.start()
+            await asyncio.wait_for(ready.wait(), 120)
             async with ResultWaiter(transport, settings.topics.results) as waiter:
-                await asyncio.sleep(0)  # let the roles join their groups while we warm up
                 futs = {r.request_id: waiter.expect(r.request_id) for r in reqs}
-                print(f"sending {len(reqs)} generated requests …")
+                print(f"sending {len(reqs)} generated requests at {rate:.0f}/s …")
                 t0 = time.monotonic()
-                sent = await send_requests(producer, reqs, settings.topics.requests)
+                for r in reqs:
+                    r.deadline_ms = int(time.time() * 1000) + 30_000
+                sent = await send_requests(producer, reqs, settings.topics.requests, rate=rate)
                 done, pending = await asyncio.wait(futs.values(), timeout=60)
                 elapsed = time.monotonic() - t0
                 results = {rid: f.result() for rid, f in futs.items() if f in done}

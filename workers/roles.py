@@ -92,12 +92,28 @@ async def ensure_topics(settings: Settings, transport: Transport) -> list[str]:
 
 async def run_roles(
     roles: Iterable[str], settings: Settings, stop: asyncio.Event,
-    transport: Transport | None = None,
+    transport: Transport | None = None, ready: asyncio.Event | None = None,
 ) -> list[Actor]:
-    """Run the given roles in this process until ``stop`` is set; return their actors."""
+    """Run the given roles in this process until ``stop`` is set; return their actors.
+
+    ``ready`` is set once every actor has been assigned its partitions.
+    """
     transport = transport or transport_for(settings)
     actors = [build_actor(r, settings, transport) for r in roles]
     async with asyncio.TaskGroup() as tg:
         for a in actors:
             tg.create_task(a.run(stop))
+        if ready is not None:
+            tg.create_task(_all_ready(actors, ready, stop))
     return actors
+
+
+async def _all_ready(actors: list[Actor], ready: asyncio.Event, stop: asyncio.Event) -> None:
+    for a in actors:
+        waiter = asyncio.ensure_future(a.ready.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stopper.cancel()
+    if not stop.is_set():
+        ready.set()
