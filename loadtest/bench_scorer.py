@@ -1,0 +1,138 @@
+"""The scoring worker at full load through the in-process broker, as a ratio of its backend.
+
+Pre-produces FeatureChunks of random rows, runs one scoring worker (actor loop, codec,
+dynamic batcher, backend) until every chunk is answered, and compares its rows/s with the
+raw backend's rows/s on batches of the size the batcher actually formed, in the same run.
+
+    python -m loadtest.bench_scorer --backend onnxruntime --rows 200000
+    python -m loadtest.bench_scorer --backend cupy --rows 2000000 --max-batch-rows 16384
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.actor import Actor, ActorSettings
+from pipeline.batcher import DynamicBatcher
+from pipeline.logs import configure
+from pipeline.transport import Outgoing, open_transport
+from schemas.messages import FeatureChunk, encode
+from workers.backends import create_backend
+from workers.model_build import build_reference_model
+from workers.model_repo import ModelSpec, load_model
+from workers.scorer import ScoringWorker
+from workers.settings import Settings
+
+
+def random_rows(spec: ModelSpec, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    c = spec.config
+    dense = rng.normal(0, 1, (n, len(c.dense_features))).astype(np.float32)
+    sparse = (rng.integers(0, 2**62, (n, len(c.sparse_features)))
+              % np.array(c.sparse_buckets)).astype(np.int64)
+    return dense, sparse
+
+
+async def _pipeline(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray,
+                    sparse: np.ndarray) -> tuple[float, DynamicBatcher]:
+    s = Settings()
+    s.kafka.bootstrap = f"memory://bench-scorer-{os.getpid()}"
+    s.actor.max_message_bytes = 64 * 1024 * 1024
+    transport = open_transport(s.kafka.bootstrap)
+    await transport.create_topics([s.topics.features, s.topics.scores, s.topics.dlq],
+                                  args.partitions)
+    producer = transport.producer()
+    n = dense.shape[0]
+    step = args.chunk_rows
+    n_chunks = (n + step - 1) // step
+    for i in range(n_chunks):
+        sl = slice(i * step, (i + 1) * step)
+        rows = dense[sl].shape[0]
+        chunk = FeatureChunk(request_id=f"r{i}", chunk=0, n_chunks=1, n_candidates=rows,
+                             top_k=10, reply_to=None, deadline_ms=None,
+                             ad_id=np.arange(rows, dtype=np.int64),
+                             bid=np.ones(rows, np.float32), dense=dense[sl], sparse=sparse[sl])
+        await producer.send(Outgoing(s.topics.features, encode(chunk), key=f"r{i}".encode()))
+    options = {"dtype": args.dtype} if args.backend == "cupy" else {"intra_op_threads": 1}
+    backends = [create_backend(spec, args.backend, **options) for _ in range(args.instances)]
+    batcher = DynamicBatcher([b.score for b in backends], max_rows=args.max_batch_rows,
+                             max_wait_ms=args.max_wait_ms, max_queue_rows=4 * args.max_batch_rows)
+    worker = ScoringWorker(s, batcher, len(spec.config.dense_features),
+                           len(spec.config.sparse_features))
+    actor = Actor(transport, worker, ActorSettings(
+        "bench", [s.topics.features], max_in_flight=args.in_flight,
+        resume_in_flight=args.in_flight // 2))
+    stop = asyncio.Event()
+    start = time.perf_counter()
+    task = asyncio.create_task(actor.run(stop))
+    while actor.stats.produced < n_chunks:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.002)
+    elapsed = time.perf_counter() - start
+    stop.set()
+    await task
+    return n / elapsed, batcher
+
+
+def raw_rows_per_s(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray,
+                   sparse: np.ndarray, batch: int) -> float:
+    options = {"dtype": args.dtype} if args.backend == "cupy" else {"intra_op_threads": 1}
+    backend = create_backend(spec, args.backend, **options)
+    backend.score(dense[:batch], sparse[:batch])  # warm-up
+    rows = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < args.raw_seconds:
+        off = (rows // batch * batch) % max(1, dense.shape[0] - batch)
+        backend.score(dense[off:off + batch], sparse[off:off + batch])
+        rows += batch
+    return rows / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "cupy"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--chunk-rows", type=int, default=256)
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--max-batch-rows", type=int, default=8192)
+    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--in-flight", type=int, default=4000)
+    p.add_argument("--raw-seconds", type=float, default=3.0)
+    p.add_argument("--repo", type=Path, default=None)
+    args = p.parse_args(argv)
+    configure("console", "warning")
+    repo = args.repo or Path(tempfile.mkdtemp(prefix="adstream-bench-"))
+    if not (repo / "ctr" / "config.toml").exists():
+        build_reference_model(repo)
+    spec = load_model(repo, "ctr")
+    dense, sparse = random_rows(spec, args.rows)
+    pipeline_rps, batcher = asyncio.run(_pipeline(spec, args, dense, sparse))
+    sizes = np.array(batcher.stats.sizes)
+    typical = int(np.median(sizes))
+    raw = raw_rows_per_s(spec, args, dense, sparse, typical)
+    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cpus; backend {args.backend} {args.dtype if args.backend == 'cupy' else ''}")
+    print(f"config: rows={args.rows} chunk_rows={args.chunk_rows} partitions={args.partitions} "
+          f"max_batch_rows={args.max_batch_rows} max_wait_ms={args.max_wait_ms} "
+          f"instances={args.instances}")
+    print(f"batches formed: {len(sizes)}, median {typical} rows, mean {sizes.mean():.0f}, "
+          f"max {sizes.max()}")
+    print(f"scoring worker through the in-process broker: {pipeline_rps:,.0f} rows/s")
+    print(f"raw {args.backend} at {typical}-row batches:         {raw:,.0f} rows/s")
+    print(f"ratio worker / raw: {pipeline_rps / raw:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
