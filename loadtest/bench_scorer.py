@@ -32,6 +32,12 @@ from workers.scorer import ScoringWorker
 from workers.settings import Settings
 
 
+def _options(args: argparse.Namespace) -> dict[str, object]:
+    if args.backend == "cupy":
+        return {"dtype": args.dtype, "cuda_graphs": args.cuda_graphs}
+    return {"intra_op_threads": 1}
+
+
 def random_rows(spec: ModelSpec, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     c = spec.config
@@ -61,7 +67,7 @@ async def _pipeline(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray
                              ad_id=np.arange(rows, dtype=np.int64),
                              bid=np.ones(rows, np.float32), dense=dense[sl], sparse=sparse[sl])
         await producer.send(Outgoing(s.topics.features, encode(chunk), key=f"r{i}".encode()))
-    options = {"dtype": args.dtype} if args.backend == "cupy" else {"intra_op_threads": 1}
+    options = _options(args)
     backends = [create_backend(spec, args.backend, **options) for _ in range(args.instances)]
     batcher = DynamicBatcher([b.score for b in backends], max_rows=args.max_batch_rows,
                              max_wait_ms=args.max_wait_ms, max_queue_rows=4 * args.max_batch_rows)
@@ -85,7 +91,7 @@ async def _pipeline(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray
 
 def raw_rows_per_s(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray,
                    sparse: np.ndarray, batch: int) -> float:
-    options = {"dtype": args.dtype} if args.backend == "cupy" else {"intra_op_threads": 1}
+    options = _options(args)
     backend = create_backend(spec, args.backend, **options)
     backend.score(dense[:batch], sparse[:batch])  # warm-up
     rows = 0
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "cupy"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--cuda-graphs", action="store_true")
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--chunk-rows", type=int, default=256)
     p.add_argument("--partitions", type=int, default=8)
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     typical = int(np.median(sizes))
     raw = raw_rows_per_s(spec, args, dense, sparse, typical)
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cpus; backend {args.backend} {args.dtype if args.backend == 'cupy' else ''}")
+          f"{os.cpu_count()} cpus; backend {args.backend} {_options(args)}")
     print(f"config: rows={args.rows} chunk_rows={args.chunk_rows} partitions={args.partitions} "
           f"max_batch_rows={args.max_batch_rows} max_wait_ms={args.max_wait_ms} "
           f"instances={args.instances}")

@@ -44,7 +44,8 @@ def scoring_batcher(settings: Settings, spec: ModelSpec) -> DynamicBatcher:
 
     sc, c = settings.scorer, spec.config
     instances = sc.instances or c.instance_count
-    options = {}
+    options: dict[str, object] = {"dtype": sc.precision, "cuda_graphs": sc.cuda_graphs,
+                                  "pool_limit_fraction": sc.gpu_pool_fraction}
     if sc.intra_op_threads or c.intra_op_threads:
         options["intra_op_threads"] = sc.intra_op_threads or c.intra_op_threads
     backends = [create_backend(spec, sc.backend or None, **options) for _ in range(instances)]

@@ -36,6 +36,9 @@ class ScorerSection:
     max_wait_ms: float = -1.0  # <0 = the model's config.toml
     instances: int = 0  # model instances (threads); 0 = the model's config.toml
     intra_op_threads: int = 0  # onnxruntime threads per instance; 0 = the model's config.toml
+    precision: str = "float32"  # cupy: float32 or float16 (weights and activations)
+    cuda_graphs: bool = False  # cupy: pad batches to preferred sizes and replay CUDA graphs
+    gpu_pool_fraction: float = 0.8  # cupy: device memory pool limit, fraction of the GPU
 
 
 @dataclass

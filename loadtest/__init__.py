@@ -1,0 +1,1 @@
+"""Traffic generation, replay, percentile reports and benchmarks."""

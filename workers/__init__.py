@@ -1,0 +1,1 @@
+"""The ads roles: feature actor, scoring worker and its model backends, aggregator."""
