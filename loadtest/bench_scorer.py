@@ -1,5 +1,8 @@
 """The scoring worker at full load through the in-process broker, as a ratio of its backend.
 
+``--backend none`` replaces the model with one that returns zeros at once, which measures
+what the runtime itself (broker, codec, actor loop, batcher) can carry.
+
 Pre-produces FeatureChunks of random rows, runs one scoring worker (actor loop, codec,
 dynamic batcher, backend) until every chunk is answered, and compares its rows/s with the
 raw backend's rows/s on batches of the size the batcher actually formed, in the same run.
@@ -23,13 +26,32 @@ import numpy as np
 from pipeline.actor import Actor, ActorSettings
 from pipeline.batcher import DynamicBatcher
 from pipeline.logs import configure
+from pipeline.runner import tune_gc
 from pipeline.transport import Outgoing, open_transport
 from schemas.messages import FeatureChunk, encode
-from workers.backends import create_backend
+from workers.backends import ScoringBackend, create_backend
 from workers.model_build import build_reference_model
 from workers.model_repo import ModelSpec, load_model
 from workers.scorer import ScoringWorker
 from workers.settings import Settings
+
+
+class NoModel:
+    """A model that returns zeros at once: measures the runtime's own per-row ceiling."""
+
+    name = "none"
+
+    def score(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        return np.zeros(dense.shape[0], np.float32)
+
+    def close(self) -> None:
+        return None
+
+
+def _backend(spec: ModelSpec, args: argparse.Namespace) -> ScoringBackend:
+    if args.backend == "none":
+        return NoModel()
+    return create_backend(spec, args.backend, **_options(args))
 
 
 def _options(args: argparse.Namespace) -> dict[str, object]:
@@ -67,8 +89,7 @@ async def _pipeline(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray
                              ad_id=np.arange(rows, dtype=np.int64),
                              bid=np.ones(rows, np.float32), dense=dense[sl], sparse=sparse[sl])
         await producer.send(Outgoing(s.topics.features, encode(chunk), key=f"r{i}".encode()))
-    options = _options(args)
-    backends = [create_backend(spec, args.backend, **options) for _ in range(args.instances)]
+    backends = [_backend(spec, args) for _ in range(args.instances)]
     batcher = DynamicBatcher([b.score for b in backends], max_rows=args.max_batch_rows,
                              max_wait_ms=args.max_wait_ms, max_queue_rows=4 * args.max_batch_rows)
     worker = ScoringWorker(s, batcher, len(spec.config.dense_features),
@@ -91,8 +112,7 @@ async def _pipeline(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray
 
 def raw_rows_per_s(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray,
                    sparse: np.ndarray, batch: int) -> float:
-    options = _options(args)
-    backend = create_backend(spec, args.backend, **options)
+    backend = _backend(spec, args)
     backend.score(dense[:batch], sparse[:batch])  # warm-up
     rows = 0
     start = time.perf_counter()
@@ -105,7 +125,8 @@ def raw_rows_per_s(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "cupy"])
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "cupy", "none"],
+                   help="none: a model that returns zeros, to measure the runtime's ceiling")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--cuda-graphs", action="store_true")
     p.add_argument("--rows", type=int, default=200_000)
@@ -124,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         build_reference_model(repo)
     spec = load_model(repo, "ctr")
     dense, sparse = random_rows(spec, args.rows)
+    tune_gc()
     pipeline_rps, batcher = asyncio.run(_pipeline(spec, args, dense, sparse))
     sizes = np.array(batcher.stats.sizes)
     typical = int(np.median(sizes))
