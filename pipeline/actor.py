@@ -14,12 +14,14 @@ import asyncio
 import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
+from pipeline import headers as H
 from pipeline.flow import FlowControl
+from pipeline.middleware import Middleware
 from pipeline.offsets import OffsetTracker
 from pipeline.transport.base import TP, Consumer, Outgoing, Producer, Record, Transport
 
@@ -98,8 +100,10 @@ class _Lane:
 class Actor:
     """Runs one handler as a member of a consumer group until ``stop`` is set."""
 
-    def __init__(self, transport: Transport, handler: Handler, settings: ActorSettings) -> None:
+    def __init__(self, transport: Transport, handler: Handler, settings: ActorSettings,
+                 middleware: Sequence[Middleware] = ()) -> None:
         self.transport = transport
+        self.middleware = list(middleware)
         self.handler = handler
         self.settings = settings
         self.tracker = OffsetTracker()
@@ -121,6 +125,8 @@ class Actor:
         if self._flow is not None:
             self._flow.reassigned()
         self.log.info("partitions assigned", partitions=sorted(map(str, tps)))
+        for m in self.middleware:
+            m.on_assigned(self, tps)
         self.ready.set()
 
     async def on_revoked(self, tps: set[TP]) -> None:
@@ -139,6 +145,8 @@ class Actor:
         await self._commit(tps)
         self.tracker.forget(tps)
         self.log.info("partitions revoked", partitions=sorted(map(str, tps)), abandoned=abandoned)
+        for m in self.middleware:
+            m.on_revoked(self, tps)
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -147,7 +155,10 @@ class Actor:
         self._producer = self.transport.producer()
         await self._producer.start()
         self._consumer = self.transport.consumer(s.input_topics, s.group_id, listener=self)
-        self._flow = FlowControl(self._consumer, s.max_in_flight, s.resume_in_flight)
+        self._flow = FlowControl(self._consumer, s.max_in_flight, s.resume_in_flight,
+                                 on_pause=self._paused, on_resume=self._resumed)
+        for m in self.middleware:
+            m.on_start(self)
         try:
             async with asyncio.TaskGroup() as tg:
                 await self.handler.open(tg, self.emit)
@@ -162,6 +173,8 @@ class Actor:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
             await self._producer.stop()
+        for m in self.middleware:
+            m.on_stop(self)
         self.log.info("actor stopped", consumed=self.stats.consumed, produced=self.stats.produced,
                       dead_lettered=self.stats.dead_lettered)
 
@@ -201,21 +214,34 @@ class Actor:
         self, rec: Record, prev: asyncio.Future[None] | None, mine: asyncio.Future[None]
     ) -> None:
         assert self._producer is not None and self._flow is not None
+        start = time.perf_counter()
+        received_ms = H.now_ms()
+        error: Exception | None = None
+        for m in self.middleware:
+            m.before_process(self, rec)
         try:
             try:
                 outputs = await self.handler.handle(rec)
             except (asyncio.CancelledError, ProducerFailed):
                 raise
             except Exception as e:  # noqa: BLE001 - one message's failure is that message's
+                error = e
                 outputs = self._dead_letter(rec, e)
             if prev is not None:
                 await asyncio.shield(prev)
-            acks = [await self._producer.send(o) for o in outputs]
+            stamp = H.stage_stamps(self.handler.name, received_ms)
+            acks = []
+            for o in outputs:
+                o.headers.update(stamp)
+                acks.append(await self._producer.send(o))
             mine.set_result(None)
             if acks:
                 await asyncio.gather(*acks)
             self.stats.produced += len(acks)
             self.tracker.done(rec.tp, rec.offset)
+            elapsed = time.perf_counter() - start
+            for m in self.middleware:
+                m.after_process(self, rec, outputs, error, elapsed)
         finally:
             if not mine.done():
                 mine.set_result(None)  # never block the next record of the lane
@@ -225,12 +251,32 @@ class Actor:
     async def emit(self, msg: Outgoing) -> None:
         """Produce ``msg`` now and wait for Kafka's acknowledgement."""
         assert self._producer is not None
+        msg.headers[H.stage_out(self.handler.name)] = str(H.now_ms()).encode()
         try:
             ack = await self._producer.send(msg)
             await ack
         except Exception as e:
             raise ProducerFailed(f"producing to {msg.topic} failed: {e}") from e
         self.stats.produced += 1
+        for m in self.middleware:
+            m.on_emit(self, msg)
+
+    def _paused(self, tps: set[TP]) -> None:
+        self.log.info("paused partitions (in-flight budget reached)", in_flight=self.in_flight)
+        for m in self.middleware:
+            m.on_pause(self, tps)
+
+    def _resumed(self, tps: set[TP]) -> None:
+        for m in self.middleware:
+            m.on_resume(self, tps)
+
+    @property
+    def in_flight(self) -> int:
+        return self._flow.in_flight if self._flow is not None else 0
+
+    @property
+    def paused(self) -> set[TP]:
+        return set(self._flow.paused) if self._flow is not None else set()
 
     def _dead_letter(self, rec: Record, error: Exception) -> list[Outgoing]:
         self.stats.dead_lettered += 1
@@ -270,3 +316,5 @@ class Actor:
             await self._consumer.commit(offsets)
             self.tracker.mark_committed(offsets)
             self.stats.commits += 1
+            for m in self.middleware:
+                m.on_commit(self, offsets)

@@ -39,8 +39,39 @@ def int_header(headers: dict[str, bytes], name: str) -> int | None:
         return None
 
 
+STAGE_PREFIX = "ts."
+
+
+def stage_in(stage: str) -> str:
+    return f"{STAGE_PREFIX}{stage}.in"
+
+
+def stage_out(stage: str) -> str:
+    return f"{STAGE_PREFIX}{stage}.out"
+
+
+def stage_stamps(stage: str, received_ms: int) -> dict[str, bytes]:
+    """When ``stage`` took the input and when it produced the output (epoch ms); the
+    load tester turns these into the per-stage and per-queue latency breakdown."""
+    return {stage_in(stage): str(received_ms).encode(), stage_out(stage): str(now_ms()).encode()}
+
+
+def stage_times(headers: dict[str, bytes]) -> dict[str, int]:
+    """``{"features.in": ms, "features.out": ms, ...}`` from a message's headers."""
+    out = {}
+    for k, v in headers.items():
+        if k.startswith(STAGE_PREFIX):
+            try:
+                out[k[len(STAGE_PREFIX):]] = int(v)
+            except ValueError:
+                continue
+    return out
+
+
 def carry(headers: dict[str, bytes], schema: str) -> dict[str, bytes]:
-    """Headers for a message derived from one with ``headers``: same deadline and trace."""
-    out = {k: v for k, v in headers.items() if k in (DEADLINE_MS, TRACE_ID, SENT_MS)}
+    """Headers for a message derived from one with ``headers``: same deadline, trace and
+    stage timestamps."""
+    out = {k: v for k, v in headers.items()
+           if k in (DEADLINE_MS, TRACE_ID, SENT_MS) or k.startswith(STAGE_PREFIX)}
     out[SCHEMA] = schema.encode()
     return out

@@ -93,6 +93,7 @@ class Aggregator(Handler):
             self.counts["duplicates"] += 1
         else:
             p.chunks[chunk.chunk] = chunk
+            p.headers[H.stage_in(self.name)] = str(H.now_ms()).encode()
             if len(p.chunks) == p.n_chunks:
                 await self._answer(p, deadline_passed=False)
         await asyncio.shield(p.answered)

@@ -33,6 +33,7 @@ class ResultWaiter:
         self._futures: dict[str, asyncio.Future[ScoreResult]] = {}
         self._task: asyncio.Task[None] | None = None
         self.received_at: dict[str, float] = {}
+        self.headers: dict[str, dict[str, bytes]] = {}  # stage timestamps and the like
         self.unexpected = 0
 
     async def __aenter__(self) -> Self:
@@ -74,6 +75,7 @@ class ResultWaiter:
                             self.unexpected += 1
                             continue
                         self.received_at[res.request_id] = now
+                        self.headers[res.request_id] = rec.headers
                         fut.set_result(res)
         finally:
             await consumer.stop()

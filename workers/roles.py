@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import structlog
 
 from pipeline.actor import Actor, ActorSettings, Handler
 from pipeline.batcher import DynamicBatcher
+from pipeline.middleware import Middleware
 from pipeline.transport import Transport, open_transport
 from workers.aggregator import Aggregator
 from workers.feature_actor import FeatureActor
@@ -69,7 +70,8 @@ def build_handler(role: str, settings: Settings, transport: Transport) -> Handle
     raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
 
 
-def build_actor(role: str, settings: Settings, transport: Transport) -> Actor:
+def build_actor(role: str, settings: Settings, transport: Transport,
+                middleware: Sequence[Middleware] = ()) -> Actor:
     t, a = settings.topics, settings.actor
     inputs = {"features": t.requests, "scorer": t.features, "aggregator": t.scores}
     handler = build_handler(role, settings, transport)
@@ -82,7 +84,7 @@ def build_actor(role: str, settings: Settings, transport: Transport) -> Actor:
         commit_interval_ms=a.commit_interval_ms,
         drain_timeout_s=a.drain_timeout_s,
         revoke_timeout_s=a.revoke_timeout_s,
-    ))
+    ), middleware)
 
 
 async def ensure_topics(settings: Settings, transport: Transport) -> list[str]:
@@ -94,13 +96,14 @@ async def ensure_topics(settings: Settings, transport: Transport) -> list[str]:
 async def run_roles(
     roles: Iterable[str], settings: Settings, stop: asyncio.Event,
     transport: Transport | None = None, ready: asyncio.Event | None = None,
+    middleware: Sequence[Middleware] = (),
 ) -> list[Actor]:
     """Run the given roles in this process until ``stop`` is set; return their actors.
 
     ``ready`` is set once every actor has been assigned its partitions.
     """
     transport = transport or transport_for(settings)
-    actors = [build_actor(r, settings, transport) for r in roles]
+    actors = [build_actor(r, settings, transport, middleware) for r in roles]
     async with asyncio.TaskGroup() as tg:
         for a in actors:
             tg.create_task(a.run(stop))
