@@ -23,7 +23,15 @@ from pipeline import headers as H
 from pipeline.flow import FlowControl
 from pipeline.middleware import Middleware
 from pipeline.offsets import OffsetTracker
-from pipeline.transport.base import TP, Consumer, Outgoing, Producer, Record, Transport
+from pipeline.transport.base import (
+    TP,
+    CommitFailed,
+    Consumer,
+    Outgoing,
+    Producer,
+    Record,
+    Transport,
+)
 
 log = structlog.get_logger("adstream.actor")
 
@@ -55,6 +63,9 @@ class Handler(ABC):
     @abstractmethod
     async def handle(self, record: Record) -> list[Outgoing]:
         """Outputs for ``record``; raise to send it to the dead-letter topic."""
+
+    def revoked(self, tps: set[TP]) -> None:
+        """``tps`` are being taken away: abandon work that waits on more input from them."""
 
     def rejected(self, record: Record, error: Exception) -> list[Outgoing]:
         """Extra outputs when ``record`` is dead-lettered (e.g. a ``rejected`` reply)."""
@@ -132,6 +143,7 @@ class Actor:
     async def on_revoked(self, tps: set[TP]) -> None:
         """Stop taking from ``tps``, finish (or, past the bound, abandon) their work, commit."""
         self._active -= tps
+        self.handler.revoked(tps)
         deadline = time.monotonic() + self.settings.revoke_timeout_s
         while self.tracker.in_flight(tps) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -313,7 +325,14 @@ class Actor:
             offsets = {tp: off for tp, off in offsets.items() if tp in owned}
             if not offsets:
                 return
-            await self._consumer.commit(offsets)
+            try:
+                await self._consumer.commit(offsets)
+            except CommitFailed as e:
+                # the group moved on (e.g. this process was paused past the session timeout):
+                # the new owners redo the work from the last committed offsets
+                self.log.warning("commit refused; partitions belong to another member now",
+                                 reason=str(e))
+                return
             self.tracker.mark_committed(offsets)
             self.stats.commits += 1
             for m in self.middleware:

@@ -38,6 +38,7 @@ __all__ = [
     "KAFKA_VERSION",
     "KafkaSetupError",
     "LocalBroker",
+    "LocalCluster",
     "broker_answers",
     "cache_dir",
     "describe_cluster",
@@ -45,7 +46,9 @@ __all__ = [
     "find_data_dir",
     "register",
     "start_broker",
+    "start_cluster",
     "stop_broker",
+    "stop_cluster",
 ]
 
 KAFKA_VERSION: str = "4.1.1"
@@ -446,7 +449,9 @@ def _new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
 
-def _format_storage(java: str, libs: Path, properties: Path, config: dict[str, str]) -> None:
+def _format_storage(
+    java: str, libs: Path, properties: Path, config: dict[str, str], cluster_id: str | None = None
+) -> None:
     log_dirs = [d for d in config["log.dirs"].split(",") if d]
     meta_dirs = [*log_dirs, config.get("metadata.log.dir", "")]
     if all((Path(d) / "meta.properties").is_file() for d in meta_dirs if d):
@@ -455,7 +460,7 @@ def _format_storage(java: str, libs: Path, properties: Path, config: dict[str, s
         java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
         f"-Dlog4j2.configurationFile={_resource('log4j2.properties')}",
         "-cp", f"{libs}/*", _STORAGE_TOOL, "format", "--ignore-formatted",
-        "-t", _new_cluster_id(), "-c", str(properties),
+        "-t", cluster_id or _new_cluster_id(), "-c", str(properties),
     ]  # fmt: skip
     try:
         proc = subprocess.run(
@@ -587,13 +592,15 @@ def _launch(
     timeout_s: float,
     heap: str,
     extra_config: dict[str, str] | None,
+    cluster_id: str | None = None,
+    wait: bool = True,
 ) -> LocalBroker:
     libs = ensure_kafka()
     java = _checked_java()
     properties = data_dir / _PROPERTIES_FILE
     config = _server_config(data_dir, port, controller_port, extra_config)
     _write_properties(properties, config)
-    _format_storage(java, libs, properties, config)
+    _format_storage(java, libs, properties, config, cluster_id)
 
     log = data_dir / _LOG_FILE
     if log.exists():
@@ -615,8 +622,83 @@ def _launch(
     }
     _write_atomic(data_dir / _STATE_FILE, json.dumps(state, indent=1) + "\n")
     broker = LocalBroker(data_dir, port, controller_port, proc.pid)
-    _wait_ready(broker, timeout_s)
+    if wait:
+        _wait_ready(broker, timeout_s)
     return broker
+
+
+@dataclass
+class LocalCluster:
+    """Several KRaft nodes (each broker and controller) on loopback, one data dir each."""
+
+    brokers: list[LocalBroker]
+    ports: list[int]
+    controller_ports: list[int]
+    cluster_id: str
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+
+def _cluster_config(node: int, cluster: LocalCluster, extra: dict[str, str] | None
+                    ) -> dict[str, str]:
+    n = len(cluster.ports)
+    config = {
+        "node.id": str(node + 1),
+        "controller.quorum.voters": ",".join(
+            f"{i + 1}@127.0.0.1:{p}" for i, p in enumerate(cluster.controller_ports)),
+        "default.replication.factor": str(n),
+        "min.insync.replicas": str(max(1, n - 1)),
+        "offsets.topic.replication.factor": str(n),
+        "transaction.state.log.replication.factor": str(n),
+        "transaction.state.log.min.isr": str(max(1, n - 1)),
+        "share.coordinator.state.topic.replication.factor": str(n),
+        "share.coordinator.state.topic.min.isr": str(max(1, n - 1)),
+    }
+    config.update(extra or {})
+    return config
+
+
+def start_cluster(
+    base_dir: Path, nodes: int = 3, *, timeout_s: float = 120, heap: str = "384m",
+    extra_config: dict[str, str] | None = None,
+) -> LocalCluster:
+    """Start a ``nodes``-node KRaft cluster (replication factor ``nodes``,
+    ``min.insync.replicas = nodes - 1``) with data under ``base_dir/node-<i>``."""
+    base_dir = Path(base_dir).expanduser().resolve()
+    taken: set[int] = set()
+    ports, cports = [], []
+    for _ in range(nodes):
+        ports.append(_free_port(exclude=taken))
+        taken.add(ports[-1])
+        cports.append(_free_port(exclude=taken))
+        taken.add(cports[-1])
+    cluster = LocalCluster([], ports, cports, _new_cluster_id())
+    for i in range(nodes):
+        data_dir = base_dir / f"node-{i}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        cluster.brokers.append(_launch(data_dir, ports[i], cports[i], timeout_s, heap,
+                                       _cluster_config(i, cluster, extra_config),
+                                       cluster.cluster_id, wait=False))
+    for b in cluster.brokers:
+        _wait_ready(b, timeout_s)
+    return cluster
+
+
+def restart_node(cluster: LocalCluster, node: int, *, timeout_s: float = 120,
+                 heap: str = "384m") -> LocalBroker:
+    """Start node ``node`` of ``cluster`` again (same ports, same data)."""
+    old = cluster.brokers[node]
+    broker = _launch(old.data_dir, old.port, old.controller_port, timeout_s, heap,
+                     _cluster_config(node, cluster, None), cluster.cluster_id)
+    cluster.brokers[node] = broker
+    return broker
+
+
+def stop_cluster(cluster: LocalCluster, *, timeout_s: float = 30) -> None:
+    for b in cluster.brokers:
+        stop_broker(b.data_dir, timeout_s=timeout_s)
 
 
 def stop_broker(data_dir: Path, *, timeout_s: float = 30) -> bool:

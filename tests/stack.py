@@ -58,15 +58,20 @@ class Stack:
         out = self.cli("topics", "create")
         assert out.returncode == 0, out.stderr.decode()
 
-    def start(self, role: str, wait: bool = True) -> None:
-        self.starts[role] += 1
-        log = self.tmp / f"{role}.{self.starts[role]}.log"
-        self.logs[role] = log
-        self.procs[role] = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "worker", role, "--config", str(self.config)],
+    def start(self, role: str, wait: bool = True, processes: int | None = None,
+              name: str | None = None) -> None:
+        """Start ``role`` (under a supervisor when ``processes`` is given) as ``name``."""
+        name = name or role
+        self.starts[name] = self.starts.get(name, 0) + 1
+        log = self.tmp / f"{name}.{self.starts[name]}.log"
+        self.logs[name] = log
+        extra = ["--processes", str(processes)] if processes else []
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "worker", role, "--config", str(self.config),
+             *extra],
             stdout=subprocess.DEVNULL, stderr=open(log, "wb"))  # noqa: SIM115
         if wait:
-            self.wait_ready(role)
+            self.wait_ready(name)
 
     def wait_ready(self, role: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -87,6 +92,12 @@ class Stack:
         proc = self.procs.pop(role)
         proc.send_signal(signal.SIGTERM)
         return proc.wait(timeout)
+
+    def children(self, name: str) -> list[int]:
+        """Pids of the processes a supervisor started."""
+        out = subprocess.run(["pgrep", "-P", str(self.procs[name].pid)], capture_output=True,
+                             text=True, check=False)
+        return [int(x) for x in out.stdout.split()]
 
     def alive(self) -> dict[str, bool]:
         return {role: p.poll() is None for role, p in self.procs.items()}

@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline import headers as H
 from pipeline.actor import Emit, Handler
-from pipeline.transport.base import Outgoing, Record
+from pipeline.transport.base import TP, Outgoing, Record
 from schemas.messages import ScoreChunk, ScoreResult, decode, encode, schema_name
 from workers.replies import dead_letter
 from workers.settings import Settings
@@ -50,6 +50,7 @@ class _Pending:
     reply_to: str | None
     deadline_ms: int | None
     headers: dict[str, bytes]
+    partition: int
     chunks: dict[int, ScoreChunk] = field(default_factory=dict)
     answered: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -85,7 +86,8 @@ class Aggregator(Handler):
         p = self._pending.get(rid)
         if p is None:
             p = _Pending(rid, chunk.n_chunks, chunk.n_candidates, chunk.top_k, chunk.reply_to,
-                         chunk.deadline_ms, H.carry(record.headers, RESULT_SCHEMA))
+                         chunk.deadline_ms, H.carry(record.headers, RESULT_SCHEMA),
+                         record.partition)
             self._pending[rid] = p
             if p.deadline_ms is not None:
                 heapq.heappush(self._deadlines, (p.deadline_ms, rid))
@@ -98,6 +100,15 @@ class Aggregator(Handler):
                 await self._answer(p, deadline_passed=False)
         await asyncio.shield(p.answered)
         return []
+
+    def revoked(self, tps: set[TP]) -> None:
+        """Forget unanswered requests of revoked partitions: their chunks are uncommitted, so
+        the partitions' new owner reads them again and answers once."""
+        parts = {tp.partition for tp in tps if tp.topic == self.s.topics.scores}
+        for rid, p in list(self._pending.items()):
+            if p.partition in parts and not p.finishing:
+                del self._pending[rid]
+                p.answered.cancel()
 
     async def _answer(self, p: _Pending, *, deadline_passed: bool) -> None:
         if p.finishing:

@@ -162,7 +162,27 @@ def _run_roles(args: argparse.Namespace, roles: list[str]) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    return _run_roles(args, [args.role])
+    if args.processes is None:
+        return _run_roles(args, [args.role])
+    from pipeline.supervisor import Supervisor
+
+    s = _settings(args)  # validates the configuration once, before any child starts
+    child = [sys.executable, "-m", "pipeline.cli", *_without_processes(sys.argv[1:])]
+    return Supervisor(child, args.processes,
+                      stop_timeout_s=s.actor.drain_timeout_s + 10).run()
+
+
+def _without_processes(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--processes":
+            skip = True
+        elif not a.startswith("--processes="):
+            out.append(a)
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -235,6 +255,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
 
     worker = sub.add_parser("worker", parents=[common], help="run one role")
     worker.add_argument("role", choices=["features", "scorer", "aggregator"])
+    worker.add_argument("--processes", type=int, default=None, metavar="N",
+                        help="run N group members under a supervisor that restarts crashed "
+                             "ones and forwards SIGTERM")
     worker.set_defaults(func=cmd_worker)
 
     run = sub.add_parser("run", parents=[common], help="run all three roles in this process")

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 
+class CommitFailed(RuntimeError):
+    """The group no longer lets this member commit (its partitions moved to another member)."""
+
+
 class TP(NamedTuple):
     """A topic partition."""
 

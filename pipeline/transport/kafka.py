@@ -13,11 +13,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError
 from aiokafka.structs import TopicPartition
 
 from pipeline.transport.base import (
     TP,
+    CommitFailed,
     Consumer,
     Outgoing,
     Producer,
@@ -142,8 +143,12 @@ class KafkaConsumer(Consumer):
             self._c.resume(*(TopicPartition(*tp) for tp in tps))
 
     async def commit(self, offsets: dict[TP, int]) -> None:
-        if offsets:
+        if not offsets:
+            return
+        try:
             await self._c.commit({TopicPartition(*tp): off for tp, off in offsets.items()})
+        except (CommitFailedError, IllegalStateError) as e:
+            raise CommitFailed(str(e)) from e
 
     async def committed(self, tp: TP) -> int | None:
         off = await self._c.committed(TopicPartition(*tp))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from pipeline.transport.base import (
     TP,
+    CommitFailed,
     Consumer,
     Outgoing,
     Producer,
@@ -212,7 +213,7 @@ class MemoryConsumer(Consumer):
         group = self.broker.groups[self.group_id]
         for tp, off in offsets.items():
             if tp not in self._assigned:
-                raise RuntimeError(f"cannot commit {tp}: not assigned to this member")
+                raise CommitFailed(f"cannot commit {tp}: not assigned to this member")
             group.committed[tp] = off
 
     async def committed(self, tp: TP) -> int | None:

@@ -1,0 +1,260 @@
+"""Fault tests on real brokers: every request is checked against the fault-free answer.
+
+Each test streams thousands of generated requests at a steady rate, injects a fault while
+they flow, waits for the answers and prints ``lost= duplicated= reordered= wrong=``.
+``reordered`` counts, per user, results emitted out of request order (printed, not yet
+promised: see the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaProducer
+from helpers import DirectScorer
+from stack import Stack
+
+from loadtest.generate import generate
+from pipeline import headers as H
+from pipeline.kafka_local import (
+    start_broker,
+    start_cluster,
+    stop_broker,
+    stop_cluster,
+)
+from schemas import ScoreRequest, ScoreResult, decode, encode
+from schemas.json_form import request_from_json
+from workers.model_repo import load_model
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+N_REQUESTS = 2400
+RATE = 160.0  # requests/s: the stream lasts about 15 s
+
+
+class Traffic:
+    """A fixed request set, streamed at a steady rate by a background thread."""
+
+    def __init__(self, stack: Stack, n: int = N_REQUESTS, rate: float = RATE, seed: int = 3):
+        now = int(time.time() * 1000)
+        self.stack = stack
+        self.rate = rate
+        self.requests: list[ScoreRequest] = [
+            request_from_json(d, now)
+            for d in generate(n, seed=seed, candidates="uniform:5,60", users=300,
+                              timeout_ms=600_000)]
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._produce())
+        except BaseException as e:  # noqa: BLE001 - reported by join()
+            self.error = e
+        finally:
+            self.done.set()
+
+    async def _produce(self) -> None:
+        p = AIOKafkaProducer(bootstrap_servers=self.stack.bootstrap, acks="all",
+                             enable_idempotence=True, linger_ms=2, request_timeout_ms=60_000)
+        await p.start()
+        try:
+            start = time.monotonic()
+            for i, req in enumerate(self.requests):
+                delay = start + i / self.rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await p.send(self.stack.topics["requests"], encode(req),
+                             key=req.user_id.encode())
+            await p.flush()
+        finally:
+            await p.stop()
+
+    def join(self) -> None:
+        self._thread.join(180)
+        if self.error is not None:
+            raise self.error
+
+    def wait_answered(self, timeout: float = 180) -> list[tuple[ScoreResult, dict]]:
+        self.join()
+        want = {r.request_id for r in self.requests}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = {decode(r.value, ScoreResult).request_id
+                   for r in self.stack.read_topic(self.stack.topics["results"])}
+            if want <= got:
+                break
+            time.sleep(1.0)
+        time.sleep(1.5)  # late duplicates would arrive by now
+        return [(decode(r.value, ScoreResult), dict(r.headers or ()))
+                for r in self.stack.read_topic(self.stack.topics["results"])]
+
+
+def check(traffic: Traffic, results: list[tuple[ScoreResult, dict]], direct: DirectScorer
+          ) -> dict[str, int]:
+    by_id: dict[str, list[ScoreResult]] = {}
+    out_ms: dict[str, int] = {}
+    for res, headers in results:
+        by_id.setdefault(res.request_id, []).append(res)
+        stamp = headers.get(H.stage_out("aggregator"))
+        if stamp is not None:
+            out_ms.setdefault(res.request_id, int(stamp))
+    lost = sum(1 for r in traffic.requests if r.request_id not in by_id)
+    duplicated = sum(len(v) - 1 for v in by_id.values())
+    wrong = 0
+    for req in traffic.requests:
+        for res in by_id.get(req.request_id, []):
+            ad_id, scores = direct.top_k(req)
+            if (res.status != "ok" or not np.array_equal(res.ad_id, ad_id)
+                    or not np.allclose(res.score, scores, atol=1e-5, rtol=0)):
+                wrong += 1
+    reordered = 0
+    last: dict[str, int] = {}
+    for req in traffic.requests:
+        t = out_ms.get(req.request_id)
+        if t is None:
+            continue
+        if t < last.get(req.user_id, 0):
+            reordered += 1
+        last[req.user_id] = max(t, last.get(req.user_id, 0))
+    counts = {"lost": lost, "duplicated": duplicated, "reordered": reordered, "wrong": wrong}
+    print(" ".join(f"{k}={v}" for k, v in counts.items()))
+    return counts
+
+
+@pytest.fixture(scope="module")
+def direct(model_repo) -> DirectScorer:
+    return DirectScorer(load_model(model_repo, "ctr"))
+
+
+def _stack(bootstrap: str, model_repo: Path, tmp: Path, **extra) -> Stack:
+    extra.setdefault("kafka", {}).update(session_timeout_ms=6000)
+    s = Stack(bootstrap, model_repo, tmp, **extra)
+    s.create_topics()
+    return s
+
+
+def _wait_results(stack: Stack, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(stack.read_topic(stack.topics["results"])) < n:
+        assert time.monotonic() < deadline, "no results are coming"
+        time.sleep(0.3)
+
+
+def test_sigkill_workers_of_every_role_under_supervisors(kafka_bootstrap, model_repo, tmp_path,
+                                                         direct):
+    stack = _stack(kafka_bootstrap, model_repo, tmp_path)
+    try:
+        for role in ("features", "scorer", "aggregator"):
+            stack.start(role, wait=False, processes=2)
+        for role in ("features", "scorer", "aggregator"):
+            stack.wait_ready(role)
+        traffic = Traffic(stack).start()
+        _wait_results(stack, 150)
+        rng = random.Random(7)
+        kills = 0
+        for _round in range(2):
+            for role in ("aggregator", "scorer", "features"):
+                victims = stack.children(role)
+                assert victims, f"no children of the {role} supervisor"
+                os.kill(rng.choice(victims), signal.SIGKILL)
+                kills += 1
+                time.sleep(1.5)
+        assert not traffic.done.is_set(), "the faults came after the stream"
+        counts = check(traffic, traffic.wait_answered(), direct)
+        assert counts["lost"] == 0 and counts["wrong"] == 0
+        assert counts["duplicated"] <= kills * 2000  # at most the in-flight bound per kill
+        assert all(stack.alive().values()), "a supervisor died"
+    finally:
+        stack.close()
+
+
+def test_scaling_each_role_1_3_1_loses_nothing(kafka_bootstrap, model_repo, tmp_path, direct):
+    stack = _stack(kafka_bootstrap, model_repo, tmp_path)
+    try:
+        stack.start_all()
+        traffic = Traffic(stack).start()
+        _wait_results(stack, 150)
+        for role in ("features", "scorer", "aggregator"):
+            stack.start(role, wait=False, processes=2, name=f"{role}-extra")
+        for role in ("features", "scorer", "aggregator"):
+            stack.wait_ready(f"{role}-extra")
+        time.sleep(3)
+        for role in ("features", "scorer", "aggregator"):
+            assert stack.stop(f"{role}-extra") == 0
+        assert not traffic.done.is_set(), "the scaling came after the stream"
+        counts = check(traffic, traffic.wait_answered(), direct)
+        assert counts["lost"] == 0 and counts["wrong"] == 0
+    finally:
+        stack.close()
+
+
+def test_single_broker_restart_mid_stream_loses_nothing(model_repo, tmp_path, direct):
+    broker = start_broker(data_dir=tmp_path / "kafka")
+    stack = _stack(broker.bootstrap, model_repo, tmp_path)
+    try:
+        stack.start_all()
+        traffic = Traffic(stack).start()
+        _wait_results(stack, 150)
+        assert stop_broker(broker.data_dir)
+        time.sleep(3)
+        start_broker(broker.port, broker.data_dir)
+        assert not traffic.done.is_set(), "the restart came after the stream"
+        counts = check(traffic, traffic.wait_answered(), direct)
+        assert counts["lost"] == 0 and counts["wrong"] == 0
+    finally:
+        stack.close()
+        stop_broker(broker.data_dir)
+
+
+def test_losing_one_of_three_brokers_keeps_serving(model_repo, tmp_path, direct):
+    cluster = start_cluster(tmp_path / "cluster", 3)
+    stack = _stack(cluster.bootstrap, model_repo, tmp_path, topics={"replication": 3})
+    try:
+        stack.start_all()
+        pids = {role: p.pid for role, p in stack.procs.items()}
+        traffic = Traffic(stack).start()
+        _wait_results(stack, 150)
+        victim = cluster.brokers[1]
+        os.kill(victim.pid, signal.SIGKILL)
+        assert not traffic.done.is_set(), "the broker died after the stream"
+        counts = check(traffic, traffic.wait_answered(), direct)
+        assert counts["lost"] == 0 and counts["wrong"] == 0
+        assert {role: p.pid for role, p in stack.procs.items()} == pids
+        assert all(stack.alive().values()), "a worker had to restart"
+    finally:
+        stack.close()
+        stop_cluster(cluster)
+
+
+def test_worker_paused_past_its_session_moves_its_partitions(kafka_bootstrap, model_repo,
+                                                             tmp_path, direct):
+    stack = _stack(kafka_bootstrap, model_repo, tmp_path)
+    try:
+        stack.start_all()
+        stack.start("scorer", name="scorer-2")
+        traffic = Traffic(stack).start()
+        _wait_results(stack, 150)
+        paused = stack.procs["scorer-2"].pid
+        os.kill(paused, signal.SIGSTOP)
+        time.sleep(9)  # longer than the 6 s session timeout: the group moves on
+        os.kill(paused, signal.SIGCONT)
+        assert not traffic.done.is_set(), "the pause came after the stream"
+        counts = check(traffic, traffic.wait_answered(), direct)
+        assert counts["lost"] == 0 and counts["wrong"] == 0
+        assert stack.alive()["scorer-2"], "the resumed worker died"
+    finally:
+        stack.close()
