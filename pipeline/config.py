@@ -8,7 +8,10 @@ tables or keys and values of the wrong type are errors that name where they came
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import json
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,13 +31,13 @@ class KafkaSection:
     """Broker connection and client tuning."""
 
     bootstrap: str = "127.0.0.1:9092"  # host:port[,host:port], or memory://NAME
-    client_id: str = "adstream"
-    group_prefix: str = "adstream"  # consumer groups are <group_prefix>-<role>
-    linger_ms: int = 5
-    max_batch_bytes: int = 1024 * 1024
+    client_id: str = "adstream"  # Kafka client id of every consumer and producer
+    group_prefix: str = "adstream"  # consumer groups are named PREFIX-ROLE
+    linger_ms: int = 5  # producer: wait this long to fill a batch
+    max_batch_bytes: int = 1024 * 1024  # producer batch size (1 MB: the broker's CPU per request)
     compression: str = "none"  # none, gzip (lz4/zstd need their Python packages)
-    session_timeout_ms: int = 10_000
-    max_poll_interval_ms: int = 300_000
+    session_timeout_ms: int = 10_000  # a member silent this long leaves the group
+    max_poll_interval_ms: int = 300_000  # a member that does not poll this long leaves the group
 
     def client_options(self) -> dict[str, Any]:
         return {
@@ -53,16 +56,16 @@ class ActorSection:
 
     max_in_flight: int = 2000  # pause partitions at this many fetched-but-unfinished records
     resume_in_flight: int = 1000  # resume below this many
-    commit_interval_ms: int = 200
-    drain_timeout_s: float = 10.0
-    revoke_timeout_s: float = 5.0
-    max_message_bytes: int = 4 * 1024 * 1024
+    commit_interval_ms: int = 200  # how often watermarks that moved are committed
+    drain_timeout_s: float = 10.0  # on SIGTERM: wait this long for in-flight work, then abandon
+    revoke_timeout_s: float = 5.0  # on rebalance: wait this long for revoked partitions' work
+    max_message_bytes: int = 4 * 1024 * 1024  # larger input messages are dead-lettered
 
 
 @dataclass
 class LogSection:
     format: str = "auto"  # auto (console on a terminal, else json), json, console
-    level: str = "info"
+    level: str = "info"  # debug, info, warning, error
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -154,13 +157,33 @@ def load_config(
     return settings
 
 
+def _comments(section_cls: type[Any]) -> dict[str, str]:
+    """The trailing ``# comment`` of each field in the section's source: its description."""
+    try:
+        source = inspect.getsource(section_cls)
+    except (OSError, TypeError):
+        return {}
+    found = {}
+    for m in re.finditer(r"^\s+(\w+): [^=\n]+=[^#\n]*#\s*(.+)$", source, re.MULTILINE):
+        found[m.group(1)] = m.group(2).strip()
+    return found
+
+
 def reference(cls: type[Any]) -> list[tuple[str, str, str, str]]:
-    """(setting, default, environment variable, type) for every setting, for the README."""
+    """(setting, default, environment variable, description) for every setting."""
     rows = []
     defaults = cls()
     for table, section_cls in _sections(cls).items():
         section = getattr(defaults, table)
-        for key, typ in get_type_hints(section_cls).items():
-            rows.append((f"{table}.{key}", repr(getattr(section, key)),
-                         f"{ENV_PREFIX}{table}_{key}".upper(), getattr(typ, "__name__", str(typ))))
+        notes = _comments(section_cls)
+        for key in get_type_hints(section_cls):
+            rows.append((f"{table}.{key}", json.dumps(getattr(section, key)),
+                         f"{ENV_PREFIX}{table}_{key}".upper(), notes.get(key, "")))
     return rows
+
+
+def reference_markdown(cls: type[Any]) -> str:
+    lines = ["| setting | default | environment | what |", "|---|---|---|---|"]
+    lines += [f"| `{name}` | `{default}` | `{env}` | {what} |"
+              for name, default, env, what in reference(cls)]
+    return "\n".join(lines)

@@ -37,12 +37,11 @@ def _requests(n: int, seed: int, timeout_ms: int = 30_000) -> list[ScoreRequest]
             for d in generate(n, seed=seed, candidates="uniform:1,300", timeout_ms=timeout_ms)]
 
 
-async def _serve(settings, reqs, timeout=30.0):
+async def _serve(settings, reqs, timeout=30.0, roles=("features", "scorer", "aggregator")):
     transport = transport_for(settings)
     await ensure_topics(settings, transport)
     stop = asyncio.Event()
-    roles = asyncio.create_task(run_roles(["features", "scorer", "aggregator"], settings, stop,
-                                          transport))
+    roles = asyncio.create_task(run_roles(list(roles), settings, stop, transport))
     producer = transport.producer()
     async with ResultWaiter(transport, settings.topics.results) as waiter:
         futs = {r.request_id: waiter.expect(r.request_id) for r in reqs}
@@ -73,3 +72,16 @@ async def test_expired_requests_are_answered_expired(settings) -> None:
     results, _, _ = await _serve(settings, reqs)
     assert {r.status for r in results.values()} == {"expired"}
     assert len(results) == 5
+
+
+async def test_fused_features_and_scorer_give_the_same_answers(settings, model_repo) -> None:
+    reqs = _requests(80, seed=13)
+    results, unexpected, actors = await _serve(settings, reqs, roles=("fused", "aggregator"))
+    assert len(results) == len(reqs) and unexpected == 0
+    direct = DirectScorer(load_model(model_repo, "ctr"))
+    for req in reqs:
+        assert_same_answer(direct, req, results[req.request_id])
+    fused = next(a for a in actors if a.handler.name == "fused")
+    assert fused.stats.consumed == len(reqs)
+    broker = MemoryBroker.get(settings.kafka.bootstrap.removeprefix("memory://"))
+    assert sum(len(p) for p in broker.topics[settings.topics.features]) == 0  # no hop

@@ -186,7 +186,9 @@ def _without_processes(argv: list[str]) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _run_roles(args, ["features", "scorer", "aggregator"])
+    from workers.roles import FUSED, THREE_HOPS
+
+    return _run_roles(args, list(FUSED if args.fused else THREE_HOPS))
 
 
 # ---- model -----------------------------------------------------------------------------------
@@ -213,13 +215,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from pipeline.config import reference
+    from pipeline.config import reference_markdown
 
     s = _settings(args)
     if args.reference:
-        print("| setting | default | environment | type |\n|---|---|---|---|")
-        for name, default, env, typ in reference(Settings):
-            print(f"| `{name}` | `{default}` | `{env}` | {typ} |")
+        print(reference_markdown(Settings))
         return 0
     for table in vars(s):
         print(f"[{table}]")
@@ -254,13 +254,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     produce.set_defaults(func=cmd_produce)
 
     worker = sub.add_parser("worker", parents=[common], help="run one role")
-    worker.add_argument("role", choices=["features", "scorer", "aggregator"])
+    worker.add_argument("role", choices=["features", "scorer", "aggregator", "fused"],
+                        help="fused = features and scorer in one process, no Kafka hop between")
     worker.add_argument("--processes", type=int, default=None, metavar="N",
                         help="run N group members under a supervisor that restarts crashed "
                              "ones and forwards SIGTERM")
     worker.set_defaults(func=cmd_worker)
 
     run = sub.add_parser("run", parents=[common], help="run all three roles in this process")
+    run.add_argument("--fused", action="store_true",
+                     help="features and scorer fused (no ads.features hop) + aggregator")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", parents=[common],

@@ -36,6 +36,17 @@ class FeatureActor(Handler):
         return reply_to or self.s.topics.results
 
     async def handle(self, record: Record) -> list[Outgoing]:
+        made = await self.chunks(record)
+        if isinstance(made, Outgoing):
+            return [made]
+        chunks, headers = made
+        out_headers = H.carry(headers, CHUNK_SCHEMA)
+        return [Outgoing(self.s.topics.features, encode(c),
+                         key=f"{c.request_id}:{c.chunk}".encode(), headers=out_headers)
+                for c in chunks]
+
+    async def chunks(self, record: Record) -> tuple[list[FeatureChunk], dict[str, bytes]] | Outgoing:
+        """The request's FeatureChunks and their headers, or the ``expired`` reply."""
         req = decode(record.value, ScoreRequest, max_bytes=self.s.actor.max_message_bytes)
         if req.reply_to is not None and not await self._topic_exists(req.reply_to):
             raise SchemaError("reply_to", f"topic {req.reply_to!r} does not exist",
@@ -52,9 +63,9 @@ class FeatureActor(Handler):
         headers.setdefault(H.TRACE_ID, req.request_id.encode())
         if deadline <= time.time() * 1000:
             self.expired += 1
-            return [status_result(req.request_id, "expired", self._reply_topic(req.reply_to),
-                                  reason="deadline passed before feature extraction",
-                                  n_candidates=n, headers=headers)]
+            return status_result(req.request_id, "expired", self._reply_topic(req.reply_to),
+                                 reason="deadline passed before feature extraction",
+                                 n_candidates=n, headers=headers)
         try:
             dense, sparse = self.pipeline(req)
         except SchemaError as e:
@@ -62,20 +73,17 @@ class FeatureActor(Handler):
             raise
         step = self.s.features.chunk_rows
         n_chunks = (n + step - 1) // step
-        out_headers = H.carry(headers, CHUNK_SCHEMA)
         bid = req.candidates["bid"].astype("<f4", copy=False)
         ad_id = req.candidates["ad_id"].astype("<i8", copy=False)
-        outputs = []
+        chunks = []
         for i in range(n_chunks):
             sl = slice(i * step, (i + 1) * step)
-            chunk = FeatureChunk(
+            chunks.append(FeatureChunk(
                 request_id=req.request_id, chunk=i, n_chunks=n_chunks, n_candidates=n,
                 top_k=req.top_k, reply_to=req.reply_to, deadline_ms=deadline,
                 ad_id=ad_id[sl], bid=bid[sl], dense=dense[sl], sparse=sparse[sl],
-            )
-            outputs.append(Outgoing(self.s.topics.features, encode(chunk),
-                                    key=f"{req.request_id}:{i}".encode(), headers=out_headers))
-        return outputs
+            ))
+        return chunks, headers
 
     def dead_letter(self, record: Record, error: Exception) -> Outgoing:
         return dead_letter(record, error, self.name, self.s.topics.dlq)

@@ -15,11 +15,14 @@ from pipeline.transport import Transport, open_transport
 from workers.aggregator import Aggregator
 from workers.feature_actor import FeatureActor
 from workers.features import FeaturePipeline
+from workers.fused import FusedFeaturesScorer
 from workers.model_repo import ModelSpec, load_model
 from workers.scorer import ScoringWorker
 from workers.settings import Settings
 
-ROLES = ("features", "scorer", "aggregator")
+ROLES = ("features", "scorer", "aggregator", "fused")
+THREE_HOPS = ("features", "scorer", "aggregator")
+FUSED = ("fused", "aggregator")
 log = structlog.get_logger("adstream.roles")
 
 
@@ -60,11 +63,15 @@ def scoring_batcher(settings: Settings, spec: ModelSpec) -> DynamicBatcher:
 def build_handler(role: str, settings: Settings, transport: Transport) -> Handler:
     if role == "features":
         return FeatureActor(settings, feature_pipeline(settings, model_spec(settings)), transport)
-    if role == "scorer":
+    if role in ("scorer", "fused"):
         spec = model_spec(settings)
-        return ScoringWorker(settings, scoring_batcher(settings, spec),
-                             n_dense=len(spec.config.dense_features),
-                             n_sparse=len(spec.config.sparse_features))
+        scorer = ScoringWorker(settings, scoring_batcher(settings, spec),
+                               n_dense=len(spec.config.dense_features),
+                               n_sparse=len(spec.config.sparse_features))
+        if role == "scorer":
+            return scorer
+        features = FeatureActor(settings, feature_pipeline(settings, spec), transport)
+        return FusedFeaturesScorer(features, scorer)
     if role == "aggregator":
         return Aggregator(settings)
     raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
@@ -73,7 +80,8 @@ def build_handler(role: str, settings: Settings, transport: Transport) -> Handle
 def build_actor(role: str, settings: Settings, transport: Transport,
                 middleware: Sequence[Middleware] = ()) -> Actor:
     t, a = settings.topics, settings.actor
-    inputs = {"features": t.requests, "scorer": t.features, "aggregator": t.scores}
+    inputs = {"features": t.requests, "scorer": t.features, "aggregator": t.scores,
+              "fused": t.requests}
     handler = build_handler(role, settings, transport)
     return Actor(transport, handler, ActorSettings(
         group_id=f"{settings.kafka.group_prefix}-{role}",

@@ -39,6 +39,10 @@ class ScoringWorker(Handler):
 
     async def handle(self, record: Record) -> list[Outgoing]:
         chunk = decode(record.value, FeatureChunk, max_bytes=self.s.actor.max_message_bytes)
+        return [await self.score_chunk(chunk, record.headers)]
+
+    async def score_chunk(self, chunk: FeatureChunk, headers: dict[str, bytes]) -> Outgoing:
+        """Score one chunk in some batch (or mark it expired); the ScoreChunk to produce."""
         self._check_shapes(chunk)
         out = ScoreChunk(
             request_id=chunk.request_id, chunk=chunk.chunk, n_chunks=chunk.n_chunks,
@@ -55,8 +59,8 @@ class ScoringWorker(Handler):
                 deadline = time.monotonic() + (chunk.deadline_ms - now_ms) / 1000
             scores = await self.batcher.submit(chunk.dense, chunk.sparse, deadline=deadline)
             out.ad_id, out.bid, out.score = chunk.ad_id, chunk.bid, scores.astype(np.float32)
-        return [Outgoing(self.s.topics.scores, encode(out), key=chunk.request_id.encode(),
-                         headers=H.carry(record.headers, SCORE_SCHEMA))]
+        return Outgoing(self.s.topics.scores, encode(out), key=chunk.request_id.encode(),
+                        headers=H.carry(headers, SCORE_SCHEMA))
 
     def _check_shapes(self, chunk: FeatureChunk) -> None:
         if chunk.dense.shape[1] != self.n_dense:

@@ -9,13 +9,13 @@ from pipeline.config import ActorSection, KafkaSection, LogSection
 
 @dataclass
 class TopicsSection:
-    requests: str = "ads.requests"
-    features: str = "ads.features"
-    scores: str = "ads.scores"
-    results: str = "ads.results"
-    dlq: str = "ads.dlq"
+    requests: str = "ads.requests"  # ScoreRequests, keyed by user id
+    features: str = "ads.features"  # FeatureChunks, keyed by request id and chunk
+    scores: str = "ads.scores"  # ScoreChunks, keyed by request id
+    results: str = "ads.results"  # ScoreResults (unless a request names its reply_to)
+    dlq: str = "ads.dlq"  # DeadLetters: what could not be processed, and why
     partitions: int = 8  # used by `adstream topics create`
-    replication: int = 1
+    replication: int = 1  # replication factor for `adstream topics create`
 
 
 @dataclass
@@ -28,8 +28,8 @@ class FeaturesSection:
 
 @dataclass
 class ScorerSection:
-    model_repo: str = "models"
-    model: str = "ctr"
+    model_repo: str = "models"  # Triton-style repository: <name>/<version>/model.onnx
+    model: str = "ctr"  # model name in the repository
     version: int = 0  # 0 = the highest version in the repository
     backend: str = ""  # empty = the model's config.toml; onnxruntime or cupy
     max_batch_rows: int = 0  # 0 = the model's config.toml
