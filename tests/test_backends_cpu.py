@@ -294,3 +294,17 @@ def test_unsupported_graphs_name_the_operator_and_node(node, op: str, message: s
         compile_model(model)
     assert info.value.op_type == op and info.value.node == node.name
     assert repr(node.name) in str(info.value)
+
+
+def test_onnxruntime_cuda_backend_refuses_clearly_without_the_cuda_provider(tmp_path) -> None:
+    import onnxruntime as ort
+
+    from workers.backends import BackendUnavailableError, create_backend
+    from workers.model_build import build_reference_model
+    from workers.model_repo import load_model
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider; the refusal cannot be shown")
+    build_reference_model(tmp_path)
+    with pytest.raises(BackendUnavailableError, match="install onnxruntime-gpu"):
+        create_backend(load_model(tmp_path, "ctr"), "onnxruntime-cuda")

@@ -29,7 +29,7 @@ __all__ = [
 
 logger = logging.getLogger("adstream.workers.backends")
 
-BACKENDS = ("onnxruntime", "cupy")
+BACKENDS = ("onnxruntime", "cupy", "onnxruntime-cuda")
 _ONNX_OPTIONS = frozenset({"intra_op_threads"})
 _CUPY_OPTIONS = frozenset(
     {
@@ -108,6 +108,10 @@ def create_backend(spec: ModelSpec, backend: str | None = None, **options: Any) 
         from workers.backends.cupy_graph import CupyBackend
 
         return CupyBackend(spec, plan=plan, **_split_options("cupy", options))
+    if kind == "onnxruntime-cuda":
+        from workers.backends.onnx_cuda import OnnxCudaBackend
+
+        return OnnxCudaBackend(spec)
     return _onnx(spec, options)
 
 
