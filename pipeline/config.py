@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, ClassVar, TypeVar, get_type_hints
 
 T = TypeVar("T")
 ENV_PREFIX = "ADSTREAM_"
@@ -65,6 +65,8 @@ class ActorSection:
 @dataclass
 class LogSection:
     format: str = "auto"  # auto (console on a terminal, else json), json, console
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"format": ("auto", "json", "console")}
     level: str = "info"  # debug, info, warning, error
 
 
@@ -115,11 +117,16 @@ def _apply(settings: Any, table: str, key: str, value: Any, where: str) -> None:
     if table not in sections:
         raise ConfigError(f"{where}: unknown table [{table}]; known: {', '.join(sections)}")
     section = getattr(settings, table)
-    fields = get_type_hints(type(section))
+    fields = {k: v for k, v in get_type_hints(type(section)).items() if k != "CHOICES"}
     if key not in fields:
         raise ConfigError(f"{where}: unknown setting {table}.{key}; known in [{table}]: "
                           f"{', '.join(fields)}")
-    setattr(section, key, _coerce(value, fields[key], where))
+    value = _coerce(value, fields[key], where)
+    choices = getattr(type(section), "CHOICES", {}).get(key)
+    if choices and value not in choices:
+        raise ConfigError(f"{where}: {table}.{key} must be one of {', '.join(choices)}, "
+                          f"not {value!r}")
+    setattr(section, key, value)
 
 
 def load_config(
@@ -145,6 +152,8 @@ def load_config(
     env = os.environ if env is None else env
     for table, section_cls in _sections(cls).items():
         for key in get_type_hints(section_cls):
+            if key == "CHOICES":
+                continue
             var = f"{ENV_PREFIX}{table}_{key}".upper()
             if var in env:
                 _apply(settings, table, key, env[var], f"environment {var}")
@@ -177,6 +186,8 @@ def reference(cls: type[Any]) -> list[tuple[str, str, str, str]]:
         section = getattr(defaults, table)
         notes = _comments(section_cls)
         for key in get_type_hints(section_cls):
+            if key == "CHOICES":
+                continue
             rows.append((f"{table}.{key}", json.dumps(getattr(section, key)),
                          f"{ENV_PREFIX}{table}_{key}".upper(), notes.get(key, "")))
     return rows
