@@ -23,6 +23,7 @@ from pipeline import headers as H
 from pipeline.flow import FlowControl
 from pipeline.middleware import Middleware
 from pipeline.offsets import OffsetTracker
+from pipeline.transactions import PartitionTransactions
 from pipeline.transport.base import (
     TP,
     CommitFailed,
@@ -40,7 +41,12 @@ class ProducerFailed(RuntimeError):
     """Kafka did not acknowledge a message: the actor stops rather than commit past it."""
 
 
-Emit = Callable[[Outgoing], Awaitable[None]]
+class PartitionLost(Exception):
+    """The input partition was revoked while its work was in flight: the work is abandoned
+    (its offset is not committed, so the partition's new owner redoes it)."""
+
+
+Emit = Callable[[list[Outgoing], TP | None], Awaitable[None]]
 
 
 class Handler(ABC):
@@ -50,11 +56,15 @@ class Handler(ABC):
     #: produce each input partition's outputs in offset order (False: as they complete)
     ordered: bool = True
 
+    async def assigned(self, tps: set[TP]) -> None:
+        """``tps`` were assigned; called before any of their records is handled."""
+
     async def open(self, tg: asyncio.TaskGroup, emit: Emit) -> None:
         """Start background work (batchers, timers) under the actor's task group.
 
-        ``emit`` produces a message outside of ``handle`` and returns once Kafka acknowledged
-        it (a handler that holds records until something happens uses it).
+        ``emit(msgs, source)`` produces messages outside of ``handle`` and returns once Kafka
+        acknowledged them (a handler that holds records until something happens uses it);
+        ``source`` is the input partition they derive from (required for exactly-once).
         """
 
     async def close(self) -> None:
@@ -87,6 +97,7 @@ class ActorSettings:
     poll_ms: int = 50
     drain_timeout_s: float = 10.0
     revoke_timeout_s: float = 5.0
+    exactly_once: bool = False  # transactional outputs per input partition (Kafka only)
 
 
 @dataclass
@@ -128,10 +139,17 @@ class Actor:
         self._idle = asyncio.Event()
         self._commit_lock = asyncio.Lock()
         self.ready = asyncio.Event()
+        self._tx: PartitionTransactions | None = None
+        if settings.exactly_once:
+            self._tx = PartitionTransactions(transport, settings.group_id,
+                                             f"{settings.group_id}.{handler.name}")
 
     # ---- rebalance listener -------------------------------------------------------------------
 
     async def on_assigned(self, tps: set[TP]) -> None:
+        await self.handler.assigned(tps)
+        if self._tx is not None:
+            await self._tx.open(tps)
         self._active |= tps
         if self._flow is not None:
             self._flow.reassigned()
@@ -155,6 +173,8 @@ class Actor:
                     abandoned += 1
                     task.cancel()
         await self._commit(tps)
+        if self._tx is not None:
+            await self._tx.close(tps)
         self.tracker.forget(tps)
         self.log.info("partitions revoked", partitions=sorted(map(str, tps)), abandoned=abandoned)
         for m in self.middleware:
@@ -166,7 +186,8 @@ class Actor:
         s = self.settings
         self._producer = self.transport.producer()
         await self._producer.start()
-        self._consumer = self.transport.consumer(s.input_topics, s.group_id, listener=self)
+        self._consumer = self.transport.consumer(s.input_topics, s.group_id, listener=self,
+                                                 read_committed=s.exactly_once)
         self._flow = FlowControl(self._consumer, s.max_in_flight, s.resume_in_flight,
                                  on_pause=self._paused, on_resume=self._resumed)
         for m in self.middleware:
@@ -184,6 +205,8 @@ class Actor:
         finally:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
+            if self._tx is not None:
+                await self._tx.close(self._tx.partitions())
             await self._producer.stop()
         for m in self.middleware:
             m.on_stop(self)
@@ -200,7 +223,11 @@ class Actor:
             batch = await self._consumer.getmany(self.settings.poll_ms, room)
             for tp, records in batch.items():
                 if tp not in self._active:
-                    continue  # prefetched from a partition that was revoked meanwhile
+                    if tp in self._consumer.assignment():
+                        # assigned but not ready yet (the assignment hook is still running):
+                        # read these again once it is
+                        self._consumer.seek(tp, records[0].offset)
+                    continue  # else prefetched from a partition that was revoked meanwhile
                 lane = self._lanes.setdefault(tp, _Lane())
                 for rec in records:
                     self._start(rec, lane, tg)
@@ -234,7 +261,7 @@ class Actor:
         try:
             try:
                 outputs = await self.handler.handle(rec)
-            except (asyncio.CancelledError, ProducerFailed):
+            except (asyncio.CancelledError, ProducerFailed, PartitionLost):
                 raise
             except Exception as e:  # noqa: BLE001 - one message's failure is that message's
                 error = e
@@ -242,10 +269,16 @@ class Actor:
             if prev is not None:
                 await asyncio.shield(prev)
             stamp = H.stage_stamps(self.handler.name, received_ms)
-            acks = []
             for o in outputs:
                 o.headers.update(stamp)
-                acks.append(await self._producer.send(o))
+            if self._tx is not None:
+                if not self._tx.owns(rec.tp):
+                    raise PartitionLost(str(rec.tp))
+                async with self._tx.lock(rec.tp):
+                    acks = await self._tx.send(rec.tp, outputs)
+                    self._tx.mark_sent(rec.tp, rec.offset)
+            else:
+                acks = [await self._producer.send(o) for o in outputs]
             mine.set_result(None)
             if acks:
                 await asyncio.gather(*acks)
@@ -254,24 +287,37 @@ class Actor:
             elapsed = time.perf_counter() - start
             for m in self.middleware:
                 m.after_process(self, rec, outputs, error, elapsed)
+        except PartitionLost:
+            self.log.debug("abandoned work of a revoked partition", where=rec.where())
         finally:
             if not mine.done():
                 mine.set_result(None)  # never block the next record of the lane
             self._flow.finished()
             self._idle.set()
 
-    async def emit(self, msg: Outgoing) -> None:
-        """Produce ``msg`` now and wait for Kafka's acknowledgement."""
+    async def emit(self, msgs: list[Outgoing], source: TP | None = None) -> None:
+        """Produce ``msgs`` now (in ``source``'s transaction when exactly-once) and wait for
+        Kafka's acknowledgement."""
         assert self._producer is not None
-        msg.headers[H.stage_out(self.handler.name)] = str(H.now_ms()).encode()
+        for msg in msgs:
+            msg.headers[H.stage_out(self.handler.name)] = str(H.now_ms()).encode()
         try:
-            ack = await self._producer.send(msg)
-            await ack
+            if self._tx is not None:
+                if source is None or not self._tx.owns(source):
+                    raise PartitionLost(f"cannot emit for {source}: not owned")
+                async with self._tx.lock(source):
+                    acks = await self._tx.send(source, msgs)
+            else:
+                acks = [await self._producer.send(m) for m in msgs]
+            await asyncio.gather(*acks)
+        except (ProducerFailed, PartitionLost):
+            raise
         except Exception as e:
-            raise ProducerFailed(f"producing to {msg.topic} failed: {e}") from e
-        self.stats.produced += 1
+            raise ProducerFailed(f"producing to {msgs[0].topic} failed: {e}") from e
+        self.stats.produced += len(msgs)
         for m in self.middleware:
-            m.on_emit(self, msg)
+            for msg in msgs:
+                m.on_emit(self, msg)
 
     def _paused(self, tps: set[TP]) -> None:
         self.log.info("paused partitions (in-flight budget reached)", in_flight=self.in_flight)
@@ -311,6 +357,31 @@ class Actor:
                 for task in list(lane.tasks):
                     task.cancel()
 
+    async def _commit_transactions(self, tps: set[TP] | None) -> None:
+        """Exactly-once: commit each owned partition's transaction with its offset."""
+        assert self._tx is not None
+        async with self._commit_lock:
+            committed: dict[TP, int] = {}
+            for tp in sorted(self._tx.partitions() if tps is None else
+                             tps & self._tx.partitions()):
+                async with self._tx.lock(tp):
+                    if self.handler.ordered:
+                        offset = self._tx.sent_upto(tp)
+                    else:
+                        offset = self.tracker.to_commit({tp}).get(tp)
+                    try:
+                        await self._tx.commit(tp, offset)
+                    except Exception as e:
+                        raise ProducerFailed(f"committing the transaction of {tp} failed: "
+                                             f"{e}") from e
+                    if offset is not None:
+                        committed[tp] = offset
+            if committed:
+                self.tracker.mark_committed(committed)
+                self.stats.commits += 1
+                for m in self.middleware:
+                    m.on_commit(self, committed)
+
     async def _commit_periodically(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(self.settings.commit_interval_ms / 1000)
@@ -319,6 +390,9 @@ class Actor:
     async def _commit(self, tps: set[TP] | None) -> None:
         """Commit the watermarks that moved: every output below them is already acknowledged."""
         assert self._consumer is not None
+        if self._tx is not None:
+            await self._commit_transactions(tps)
+            return
         async with self._commit_lock:
             offsets = self.tracker.to_commit(tps)
             owned = self._consumer.assignment()

@@ -60,6 +60,10 @@ class ActorSection:
     drain_timeout_s: float = 10.0  # on SIGTERM: wait this long for in-flight work, then abandon
     revoke_timeout_s: float = 5.0  # on rebalance: wait this long for revoked partitions' work
     max_message_bytes: int = 4 * 1024 * 1024  # larger input messages are dead-lettered
+    delivery: str = "at_least_once"  # or exactly_once: Kafka transactions, read_committed
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "delivery": ("at_least_once", "exactly_once")}
 
 
 @dataclass

@@ -111,16 +111,18 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    def read_topic(self, topic: str) -> list:
+    def read_topic(self, topic: str, read_committed: bool = False) -> list:
         """Every record of ``topic`` from the beginning to its current end."""
-        return asyncio.run(_read_topic(self.bootstrap, topic))
+        return asyncio.run(_read_topic(self.bootstrap, topic, read_committed))
 
     def results(self) -> list[ScoreResult]:
         return [decode(r.value, ScoreResult) for r in self.read_topic(self.topics["results"])]
 
 
-async def _read_topic(bootstrap: str, topic: str) -> list:
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+async def _read_topic(bootstrap: str, topic: str, read_committed: bool = False) -> list:
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                         isolation_level="read_committed" if read_committed
+                         else "read_uncommitted")
     await c.start()
     try:
         parts = c.partitions_for_topic(topic)

@@ -88,19 +88,21 @@ class Traffic:
         if self.error is not None:
             raise self.error
 
-    def wait_answered(self, timeout: float = 180) -> list[tuple[ScoreResult, dict]]:
+    def wait_answered(self, timeout: float = 180, read_committed: bool = False
+                      ) -> list[tuple[ScoreResult, dict]]:
         self.join()
         want = {r.request_id for r in self.requests}
+        topic = self.stack.topics["results"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             got = {decode(r.value, ScoreResult).request_id
-                   for r in self.stack.read_topic(self.stack.topics["results"])}
+                   for r in self.stack.read_topic(topic, read_committed)}
             if want <= got:
                 break
             time.sleep(1.0)
         time.sleep(1.5)  # late duplicates would arrive by now
         return [(decode(r.value, ScoreResult), dict(r.headers or ()))
-                for r in self.stack.read_topic(self.stack.topics["results"])]
+                for r in self.stack.read_topic(topic, read_committed)]
 
 
 def check(traffic: Traffic, results: list[tuple[ScoreResult, dict]], direct: DirectScorer
@@ -178,6 +180,29 @@ def test_sigkill_workers_of_every_role_under_supervisors(kafka_bootstrap, model_
         assert counts["lost"] == 0 and counts["wrong"] == 0
         assert counts["duplicated"] <= kills * 2000  # at most the in-flight bound per kill
         assert all(stack.alive().values()), "a supervisor died"
+    finally:
+        stack.close()
+
+
+def test_sigkill_in_exactly_once_mode_duplicates_no_result(kafka_bootstrap, model_repo,
+                                                            tmp_path, direct):
+    stack = _stack(kafka_bootstrap, model_repo, tmp_path,
+                   actor={"delivery": "exactly_once"})
+    try:
+        for role in ("features", "scorer", "aggregator"):
+            stack.start(role, wait=False, processes=2)
+        for role in ("features", "scorer", "aggregator"):
+            stack.wait_ready(role)
+        traffic = Traffic(stack).start()
+        _wait_results(stack, 150)
+        rng = random.Random(11)
+        for _round in range(2):
+            for role in ("aggregator", "scorer", "features"):
+                os.kill(rng.choice(stack.children(role)), signal.SIGKILL)
+                time.sleep(1.5)
+        assert not traffic.done.is_set(), "the faults came after the stream"
+        counts = check(traffic, traffic.wait_answered(read_committed=True), direct)
+        assert counts == {**counts, "lost": 0, "wrong": 0, "duplicated": 0}
     finally:
         stack.close()
 

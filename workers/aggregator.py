@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline import headers as H
-from pipeline.actor import Emit, Handler
-from pipeline.transport.base import TP, Outgoing, Record
+from pipeline.actor import Emit, Handler, PartitionLost
+from pipeline.transport.base import TP, Outgoing, Record, Transport
 from schemas.messages import ScoreChunk, ScoreResult, decode, encode, schema_name
 from workers.replies import dead_letter
 from workers.settings import Settings
@@ -61,8 +61,10 @@ class Aggregator(Handler):
     name = "aggregator"
     ordered = False
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, transport: Transport | None = None) -> None:
         self.s = settings
+        self.transport = transport
+        self.exactly_once = settings.actor.delivery == "exactly_once"
         self._pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[int, str]] = []
         self._done: OrderedDict[str, None] = OrderedDict()
@@ -101,6 +103,26 @@ class Aggregator(Handler):
         await asyncio.shield(p.answered)
         return []
 
+    async def assigned(self, tps: set[TP]) -> None:
+        """Exactly-once: learn which requests of these partitions were already answered (in
+        committed transactions) from the changelog, so replayed chunks do not answer again."""
+        if not self.exactly_once or self.transport is None:
+            return
+        parts = {tp.partition for tp in tps if tp.topic == self.s.topics.scores}
+        consumer = self.transport.consumer([self.s.topics.changelog], None,
+                                           read_committed=True)
+        await consumer.start()
+        try:
+            wanted = {TP(self.s.topics.changelog, p) for p in parts}
+            records = await consumer.read_to_end(wanted)
+        finally:
+            await consumer.stop()
+        for rec in records:
+            if rec.key is not None:
+                self._done[rec.key.decode()] = None
+        while len(self._done) > self.s.aggregator.dedupe_capacity:
+            self._done.popitem(last=False)
+
     def revoked(self, tps: set[TP]) -> None:
         """Forget unanswered requests of revoked partitions: their chunks are uncommitted, so
         the partitions' new owner reads them again and answers once."""
@@ -135,11 +157,16 @@ class Aggregator(Handler):
                              n_candidates=p.n_candidates, n_scored=n_scored,
                              reason="deadline passed" if status != "ok" else None)
         assert self._emit is not None
+        msgs = [Outgoing(p.reply_to or self.s.topics.results, encode(result),
+                         key=p.request_id.encode(), headers=p.headers)]
+        if self.exactly_once:  # the answer and its changelog entry commit together
+            msgs.append(Outgoing(self.s.topics.changelog, b"", key=p.request_id.encode(),
+                                 partition=p.partition))
         try:
-            await self._emit(Outgoing(p.reply_to or self.s.topics.results, encode(result),
-                                      key=p.request_id.encode(), headers=p.headers))
+            await self._emit(msgs, TP(self.s.topics.scores, p.partition))
         except BaseException as e:
-            p.answered.set_exception(e)
+            if not p.answered.done():
+                p.answered.set_exception(e)
             raise
         self.counts[status] += 1
         del self._pending[p.request_id]
@@ -157,7 +184,10 @@ class Aggregator(Handler):
                 _, rid = heapq.heappop(self._deadlines)
                 p = self._pending.get(rid)
                 if p is not None and not p.finishing:
-                    await self._answer(p, deadline_passed=True)
+                    try:
+                        await self._answer(p, deadline_passed=True)
+                    except PartitionLost:
+                        self._pending.pop(rid, None)  # the partition's new owner answers
             await asyncio.sleep(tick)
 
     def dead_letter(self, record: Record, error: Exception) -> Outgoing:

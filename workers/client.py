@@ -27,9 +27,10 @@ def request_message(req: ScoreRequest, topic: str) -> Outgoing:
 class ResultWaiter:
     """Reads a results topic from its end and resolves one future per awaited request id."""
 
-    def __init__(self, transport: Transport, topic: str) -> None:
+    def __init__(self, transport: Transport, topic: str, read_committed: bool = False) -> None:
         self.transport = transport
         self.topic = topic
+        self.read_committed = read_committed
         self._futures: dict[str, asyncio.Future[ScoreResult]] = {}
         self._task: asyncio.Task[None] | None = None
         self.received_at: dict[str, float] = {}
@@ -37,7 +38,8 @@ class ResultWaiter:
         self.unexpected = 0
 
     async def __aenter__(self) -> Self:
-        consumer = self.transport.consumer([self.topic], None, from_end=True)
+        consumer = self.transport.consumer([self.topic], None, from_end=True,
+                                           read_committed=self.read_committed)
         await consumer.start()
         self._task = asyncio.create_task(self._read(consumer))
         return self

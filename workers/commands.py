@@ -42,7 +42,7 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 
     created = runner.run(go)
     t = s.topics
-    for name in (t.requests, t.features, t.scores, t.results, t.dlq):
+    for name in (t.requests, t.features, t.scores, t.results, t.dlq, t.changelog):
         state = "created" if name in created else "exists"
         print(f"{name}: {state}" + (f" ({s.topics.partitions} partitions)"
                                     if name in created else ""))
@@ -107,7 +107,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
                   "run `adstream topics create` first", file=sys.stderr)
             return 2
         bad = sent = 0
-        waiter = ResultWaiter(transport, results_topic)
+        waiter = ResultWaiter(transport, results_topic,
+                              read_committed=s.actor.delivery == "exactly_once")
         producer = transport.producer()
         await producer.start()
         futures: list[asyncio.Future[ScoreResult]] = []

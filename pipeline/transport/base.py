@@ -85,11 +85,19 @@ class Consumer(ABC):
     def resume(self, tps: set[TP]) -> None: ...
 
     @abstractmethod
+    def seek(self, tp: TP, offset: int) -> None:
+        """Read ``tp`` from ``offset`` next."""
+
+    @abstractmethod
     async def commit(self, offsets: dict[TP, int]) -> None:
         """Commit ``offsets`` (the next offset to read, per partition) for the group."""
 
     @abstractmethod
     async def committed(self, tp: TP) -> int | None: ...
+
+    async def read_to_end(self, tps: set[TP] | None = None) -> list[Record]:
+        """Every record of the assigned partitions (or ``tps``) up to their current end."""
+        raise NotImplementedError
 
 
 class Producer(ABC):
@@ -110,6 +118,21 @@ class Producer(ABC):
     @abstractmethod
     async def flush(self) -> None: ...
 
+    # Transactions (producers made with a transactional id): everything sent between
+    # begin and commit becomes visible to read_committed consumers together with the
+    # consumer offsets sent to the transaction, or not at all.
+    async def begin_transaction(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no transactions")
+
+    async def send_offsets_to_transaction(self, offsets: dict[TP, int], group_id: str) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no transactions")
+
+    async def commit_transaction(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no transactions")
+
+    async def abort_transaction(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no transactions")
+
 
 class Transport(ABC):
     """A broker connection that makes consumers, producers and topics."""
@@ -124,10 +147,12 @@ class Transport(ABC):
         *,
         listener: RebalanceListener | None = None,
         from_end: bool = False,
+        read_committed: bool = False,
     ) -> Consumer: ...
 
     @abstractmethod
-    def producer(self) -> Producer: ...
+    def producer(self, transactional_id: str | None = None) -> Producer:
+        """A producer; with ``transactional_id``, a transactional one (exactly-once)."""
 
     @abstractmethod
     async def create_topics(

@@ -71,6 +71,7 @@ class KafkaConsumer(Consumer):
         listener: RebalanceListener | None,
         from_end: bool,
         opts: KafkaOptions,
+        read_committed: bool = False,
     ) -> None:
         self.topics = topics
         self.group_id = group_id
@@ -87,7 +88,7 @@ class KafkaConsumer(Consumer):
             max_poll_interval_ms=opts.max_poll_interval_ms,
             fetch_max_bytes=opts.fetch_max_bytes,
             max_partition_fetch_bytes=opts.max_request_bytes,
-            isolation_level=opts.isolation_level,
+            isolation_level="read_committed" if read_committed else opts.isolation_level,
             request_timeout_ms=opts.request_timeout_ms,
         )
 
@@ -134,6 +135,9 @@ class KafkaConsumer(Consumer):
     def assignment(self) -> set[TP]:
         return {_tp(tp) for tp in self._c.assignment()}
 
+    def seek(self, tp: TP, offset: int) -> None:
+        self._c.seek(TopicPartition(*tp), offset)
+
     def pause(self, tps: set[TP]) -> None:
         if tps:
             self._c.pause(*(TopicPartition(*tp) for tp in tps))
@@ -150,15 +154,32 @@ class KafkaConsumer(Consumer):
         except (CommitFailedError, IllegalStateError) as e:
             raise CommitFailed(str(e)) from e
 
+    async def read_to_end(self, tps: set[TP] | None = None) -> list[Record]:
+        parts = [tp for tp in self._c.assignment()
+                 if tps is None or _tp(tp) in tps]
+        if not parts:
+            return []
+        end = await self._c.end_offsets(parts)  # the last stable offset when read_committed
+        out: list[Record] = []
+        while True:
+            behind = [tp for tp in parts if await self._c.position(tp) < end[tp]]
+            if not behind:
+                return out
+            batch = await self.getmany(500, 10_000)
+            for recs in batch.values():
+                out.extend(r for r in recs if TopicPartition(r.topic, r.partition) in end)
+
     async def committed(self, tp: TP) -> int | None:
         off = await self._c.committed(TopicPartition(*tp))
         return None if off is None else int(off)
 
 
 class KafkaProducer(Producer):
-    def __init__(self, bootstrap: str, opts: KafkaOptions) -> None:
+    def __init__(self, bootstrap: str, opts: KafkaOptions,
+                 transactional_id: str | None = None) -> None:
         self._p = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
+            transactional_id=transactional_id,
             client_id=opts.client_id,
             acks="all",
             enable_idempotence=True,
@@ -177,6 +198,19 @@ class KafkaProducer(Producer):
 
     async def flush(self) -> None:
         await self._p.flush()
+
+    async def begin_transaction(self) -> None:
+        await self._p.begin_transaction()
+
+    async def send_offsets_to_transaction(self, offsets: dict[TP, int], group_id: str) -> None:
+        await self._p.send_offsets_to_transaction(
+            {TopicPartition(*tp): off for tp, off in offsets.items()}, group_id)
+
+    async def commit_transaction(self) -> None:
+        await self._p.commit_transaction()
+
+    async def abort_transaction(self) -> None:
+        await self._p.abort_transaction()
 
     async def send(self, msg: Outgoing) -> asyncio.Future[None]:
         fut: asyncio.Future[Any] = await self._p.send(
@@ -199,11 +233,13 @@ class KafkaTransport(Transport):
         *,
         listener: RebalanceListener | None = None,
         from_end: bool = False,
+        read_committed: bool = False,
     ) -> Consumer:
-        return KafkaConsumer(self.bootstrap, topics, group_id, listener, from_end, self.opts)
+        return KafkaConsumer(self.bootstrap, topics, group_id, listener, from_end, self.opts,
+                             read_committed)
 
-    def producer(self) -> Producer:
-        return KafkaProducer(self.bootstrap, self.opts)
+    def producer(self, transactional_id: str | None = None) -> Producer:
+        return KafkaProducer(self.bootstrap, self.opts, transactional_id)
 
     async def _admin(self) -> AIOKafkaAdminClient:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,

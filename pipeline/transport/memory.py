@@ -200,6 +200,10 @@ class MemoryConsumer(Consumer):
                 left -= len(recs)
         return out
 
+    def seek(self, tp: TP, offset: int) -> None:
+        if tp in self._assigned:
+            self._position[tp] = offset
+
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[TP, list[Record]]:
         got = self._take(max_records)
         if got or timeout_ms <= 0:
@@ -215,6 +219,14 @@ class MemoryConsumer(Consumer):
             if tp not in self._assigned:
                 raise CommitFailed(f"cannot commit {tp}: not assigned to this member")
             group.committed[tp] = off
+
+    async def read_to_end(self, tps: set[TP] | None = None) -> list[Record]:
+        out: list[Record] = []
+        for tp in sorted(self._assigned if tps is None else tps & self._assigned):
+            log = self.broker.topics[tp.topic][tp.partition]
+            out.extend(log[self._position.get(tp, 0):])
+            self._position[tp] = len(log)
+        return out
 
     async def committed(self, tp: TP) -> int | None:
         if self.group_id is None:
@@ -255,10 +267,14 @@ class MemoryTransport(Transport):
         *,
         listener: RebalanceListener | None = None,
         from_end: bool = False,
+        read_committed: bool = False,
     ) -> Consumer:
         return MemoryConsumer(self.broker, topics, group_id, listener, from_end)
 
-    def producer(self) -> Producer:
+    def producer(self, transactional_id: str | None = None) -> Producer:
+        if transactional_id is not None:
+            raise NotImplementedError(
+                "the in-process broker has no transactions: exactly-once delivery needs Kafka")
         return MemoryProducer(self.broker)
 
     async def create_topics(
