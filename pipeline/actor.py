@@ -115,7 +115,7 @@ class _Lane:
     __slots__ = ("tail", "tasks")
 
     def __init__(self) -> None:
-        self.tail: asyncio.Future[None] | None = None
+        self.tail: asyncio.Future[bool] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
 
@@ -243,14 +243,14 @@ class Actor:
         self._flow.started()
         self.stats.consumed += 1
         prev = lane.tail
-        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        mine: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         lane.tail = mine if self.handler.ordered else None
         task = tg.create_task(self._process(rec, prev, mine))
         lane.tasks.add(task)
         task.add_done_callback(lane.tasks.discard)
 
     async def _process(
-        self, rec: Record, prev: asyncio.Future[None] | None, mine: asyncio.Future[None]
+        self, rec: Record, prev: asyncio.Future[bool] | None, mine: asyncio.Future[bool]
     ) -> None:
         assert self._producer is not None and self._flow is not None
         start = time.perf_counter()
@@ -266,8 +266,10 @@ class Actor:
             except Exception as e:  # noqa: BLE001 - one message's failure is that message's
                 error = e
                 outputs = self._dead_letter(rec, e)
-            if prev is not None:
-                await asyncio.shield(prev)
+            if prev is not None and not await asyncio.shield(prev):
+                # the record before this one in the partition was abandoned: abandon this one
+                # too, so nothing after an unsent record is sent (its redelivery keeps order)
+                raise PartitionLost(str(rec.tp))
             stamp = H.stage_stamps(self.handler.name, received_ms)
             for o in outputs:
                 o.headers.update(stamp)
@@ -279,7 +281,7 @@ class Actor:
                     self._tx.mark_sent(rec.tp, rec.offset)
             else:
                 acks = [await self._producer.send(o) for o in outputs]
-            mine.set_result(None)
+            mine.set_result(True)
             if acks:
                 await asyncio.gather(*acks)
             self.stats.produced += len(acks)
@@ -291,7 +293,7 @@ class Actor:
             self.log.debug("abandoned work of a revoked partition", where=rec.where())
         finally:
             if not mine.done():
-                mine.set_result(None)  # never block the next record of the lane
+                mine.set_result(False)  # never block the next record of the lane
             self._flow.finished()
             self._idle.set()
 

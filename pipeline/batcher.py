@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ModelFn = Callable[..., np.ndarray]
+BatchObserver = Callable[[int, float, list[float]], None]
+"""Called after each batch ran: (rows, model seconds, each submission's seconds queued)."""
 
 
 @dataclass(slots=True)
@@ -29,6 +31,7 @@ class _Item:
     deadline: float | None  # time.monotonic() seconds
     future: asyncio.Future[np.ndarray]
     enqueued: float
+    priority: int = 0
 
 
 @dataclass
@@ -51,6 +54,7 @@ class DynamicBatcher:
         max_wait_ms: float,
         max_queue_rows: int | None = None,
         deadline_margin_ms: float = 5.0,
+        on_batch: BatchObserver | None = None,
     ) -> None:
         if not instances:
             raise ValueError("the batcher needs at least one model instance")
@@ -60,6 +64,7 @@ class DynamicBatcher:
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue_rows = max_queue_rows or 4 * max_rows
         self.margin_s = deadline_margin_ms / 1000
+        self.on_batch = on_batch
         self.stats = BatchStats()
         self._models = list(instances)
         self._free: asyncio.Queue[int] = asyncio.Queue()
@@ -78,8 +83,12 @@ class DynamicBatcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
-    async def submit(self, *arrays: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """Score ``arrays`` (same row count) in some batch; returns this submission's rows."""
+    async def submit(self, *arrays: np.ndarray, deadline: float | None = None,
+                     priority: int = 0) -> np.ndarray:
+        """Score ``arrays`` (same row count) in some batch; returns this submission's rows.
+
+        Higher ``priority`` submissions are batched before lower ones that wait (under
+        overload the queue serves them first); equal priorities keep arrival order."""
         rows = int(arrays[0].shape[0])
         if rows > self.max_rows:
             raise ValueError(f"{rows} rows in one submission exceed max_rows={self.max_rows}")
@@ -89,10 +98,20 @@ class DynamicBatcher:
             self._room.clear()
             await self._room.wait()
         fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(arrays, rows, deadline, fut, time.monotonic()))
+        self._enqueue(_Item(arrays, rows, deadline, fut, time.monotonic(), priority))
         self._queued_rows += rows
         self._arrived.set()
         return await fut
+
+    def _enqueue(self, item: _Item) -> None:
+        q = self._queue
+        if not q or q[-1].priority >= item.priority:
+            q.append(item)
+            return
+        pos = len(q)
+        while pos > 0 and q[pos - 1].priority < item.priority:
+            pos -= 1
+        q.insert(pos, item)
 
     def close(self) -> None:
         """Finish what is queued, then let :meth:`run` return."""
@@ -155,8 +174,10 @@ class DynamicBatcher:
                       else np.concatenate([it.arrays[k] for it in live])
                       for k in range(n_inputs)]
             out = await loop.run_in_executor(self._pool, self._models[instance], *inputs)
-            self.stats.compute_s += time.monotonic() - start
-            self.stats.queue_wait_s += sum(start - it.enqueued for it in live)
+            compute_s = time.monotonic() - start
+            waits = [start - it.enqueued for it in live]
+            self.stats.compute_s += compute_s
+            self.stats.queue_wait_s += sum(waits)
             self.stats.batches += 1
             rows = sum(it.rows for it in live)
             self.stats.rows += rows
@@ -167,6 +188,8 @@ class DynamicBatcher:
                 if not it.future.done():
                     it.future.set_result(out[pos:pos + it.rows])
                 pos += it.rows
+            if self.on_batch is not None:
+                self.on_batch(rows, compute_s, waits)
         except Exception as e:  # noqa: BLE001 - every submission of the batch learns why
             for it in batch:
                 if not it.future.done():

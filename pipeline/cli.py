@@ -1,8 +1,8 @@
 """The ``adstream`` command line.
 
-The runtime contributes ``adstream kafka …``; every other command group comes from a
-package that registers it under the ``adstream.commands`` entry point (``workers``,
-``loadtest``), so the runtime never imports the ads roles.
+The runtime contributes ``adstream kafka …`` and ``adstream status``; every other command
+group comes from a package that registers it under the ``adstream.commands`` entry point
+(``workers``, ``loadtest``), so the runtime never imports the ads roles.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline import kafka_local
+from pipeline import kafka_local, status
 from pipeline.config import ConfigError, load_config
 from pipeline.logs import configure
 
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     kafka_local.register(sub)
     common = common_options()
+    status.register(sub, common)
     for ep in sorted(entry_points(group="adstream.commands"), key=lambda e: e.name):
         ep.load()(sub, common)
     return parser

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -218,14 +219,25 @@ def ensure_kafka(version: str = KAFKA_VERSION, *, timeout_s: float = 1800) -> Pa
     home = kafka_home(version)
     libs = home / "libs"
     marker = home / _MARKER
-    if marker.is_file() and libs.is_dir():
+    pom_hash = hashlib.sha256(_resource("pom.xml").read_bytes()).hexdigest()
+
+    def complete() -> bool:  # downloaded with the current pom (a changed pom fetches again)
+        if not (marker.is_file() and libs.is_dir()):
+            return False
+        try:
+            return bool(json.loads(marker.read_text()).get("pom_sha256") == pom_hash)
+        except ValueError:
+            return False
+
+    if complete():
         return libs
     with _file_lock(home / ".lock"):
-        if marker.is_file() and libs.is_dir():  # another process finished meanwhile
+        if complete():  # another process finished meanwhile
             return libs
         _download(version, home, libs, timeout_s)
         jars = sorted(p.name for p in libs.glob("*.jar"))
-        _write_atomic(marker, json.dumps({"version": version, "jars": jars}, indent=1) + "\n")
+        _write_atomic(marker, json.dumps({"version": version, "jars": jars,
+                                          "pom_sha256": pom_hash}, indent=1) + "\n")
     return libs
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -29,7 +30,8 @@ class _Child:
 
 class Supervisor:
     def __init__(self, argv: list[str], processes: int, *, stop_timeout_s: float = 30.0,
-                 min_uptime_s: float = 5.0, max_backoff_s: float = 10.0) -> None:
+                 min_uptime_s: float = 5.0, max_backoff_s: float = 10.0,
+                 child_args: Callable[[int], list[str]] | None = None) -> None:
         if processes < 1:
             raise ValueError(f"--processes must be at least 1, not {processes}")
         self.argv = argv
@@ -37,12 +39,14 @@ class Supervisor:
         self.stop_timeout_s = stop_timeout_s
         self.min_uptime_s = min_uptime_s
         self.max_backoff_s = max_backoff_s
+        self.child_args = child_args
         self.children: list[_Child] = []
         self.restarts = 0
         self._stopping = False
 
     def _spawn(self, index: int, restarts: int = 0) -> _Child:
-        proc = subprocess.Popen(self.argv)
+        extra = self.child_args(index) if self.child_args is not None else []
+        proc = subprocess.Popen([*self.argv, *extra])
         log.info("started child", index=index, pid=proc.pid, restarts=restarts)
         return _Child(index, proc, restarts=restarts)
 

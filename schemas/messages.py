@@ -18,7 +18,7 @@ from schemas.columns import decode_array, encode_array
 from schemas.errors import SchemaError
 
 MAJOR = 1
-MINOR = 0
+MINOR = 1  # 1.1: FeatureChunk.priority
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_ID_LEN = 256
 STATUSES = ("ok", "partial", "expired", "rejected")
@@ -226,6 +226,7 @@ class FeatureChunk(_ChunkHeader):
     """A slice of one request's candidates as model inputs."""
 
     TYPE: ClassVar[str] = "FeatureChunk"
+    priority: int = 0
     ad_id: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     bid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     dense: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
@@ -233,8 +234,9 @@ class FeatureChunk(_ChunkHeader):
 
     def to_wire(self) -> dict[str, Any]:
         d = self._header_wire()
-        d.update(ad_id=encode_array(self.ad_id), bid=encode_array(self.bid),
-                 dense=encode_array(self.dense), sparse=encode_array(self.sparse))
+        d.update(priority=self.priority, ad_id=encode_array(self.ad_id),
+                 bid=encode_array(self.bid), dense=encode_array(self.dense),
+                 sparse=encode_array(self.sparse))
         return d
 
     @classmethod
@@ -244,7 +246,8 @@ class FeatureChunk(_ChunkHeader):
         n = ad_id.shape[0]
         dense = _column(d, "dense", n, dtype="<f4", ndim=2)
         _finite(dense, "dense")
-        return cls(**h, ad_id=ad_id, bid=_column(d, "bid", n, dtype="<f4", ndim=1), dense=dense,
+        return cls(**h, priority=_int(d, "priority", 0, lo=0, hi=9), ad_id=ad_id,
+                   bid=_column(d, "bid", n, dtype="<f4", ndim=1), dense=dense,
                    sparse=_column(d, "sparse", n, dtype="<i8", ndim=2))
 
 

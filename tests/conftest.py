@@ -37,3 +37,13 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("models")
     build_reference_model(repo)
     return repo
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """A test that configured structlog (e.g. by running a CLI command in-process) must not
+    leave it writing to a capture stream pytest has closed."""
+    import structlog
+
+    yield
+    structlog.reset_defaults()

@@ -117,3 +117,29 @@ async def test_the_queue_is_bounded_in_rows() -> None:
         await asyncio.gather(*tasks)
 
     await _with(b, go())
+
+
+async def test_higher_priority_waits_less_under_overload() -> None:
+    gate = threading.Event()
+    order: list[float] = []
+
+    def model(x: np.ndarray) -> np.ndarray:
+        gate.wait(5)
+        order.extend(x[:, 0].tolist())
+        return x[:, 0]
+
+    b = DynamicBatcher([model], max_rows=2, max_wait_ms=0)
+
+    async def go():
+        busy = asyncio.create_task(b.submit(np.full((1, 1), -1.0)))
+        await asyncio.sleep(0.05)  # the only instance is busy: the rest queue up
+        low = [asyncio.create_task(b.submit(np.full((1, 1), float(i)))) for i in range(4)]
+        await asyncio.sleep(0.01)
+        high = [asyncio.create_task(b.submit(np.full((1, 1), 10.0 + i), priority=5))
+                for i in range(2)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(busy, *low, *high)
+
+    await _with(b, go())
+    assert order == [-1.0, 10.0, 11.0, 0.0, 1.0, 2.0, 3.0]

@@ -169,8 +169,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     s = _settings(args)  # validates the configuration once, before any child starts
     child = [sys.executable, "-m", "pipeline.cli", *_without_processes(sys.argv[1:])]
-    return Supervisor(child, args.processes,
-                      stop_timeout_s=s.actor.drain_timeout_s + 10).run()
+    port = s.metrics.port
+
+    def child_args(index: int) -> list[str]:
+        # each child serves its metrics on its own port: port, port + 1, ...
+        return ["--set", f"metrics.port={port + index}"] if port else []
+
+    return Supervisor(child, args.processes, stop_timeout_s=s.actor.drain_timeout_s + 10,
+                      child_args=child_args).run()
 
 
 def _without_processes(argv: list[str]) -> list[str]:

@@ -26,6 +26,7 @@ class FeatureActor(Handler):
         self.transport = transport
         self._topics_seen: dict[str, bool] = {settings.topics.results: True}
         self.expired = 0
+        self.rejected_count = 0  # requests answered `rejected`
 
     async def _topic_exists(self, topic: str) -> bool:
         if topic not in self._topics_seen:
@@ -41,8 +42,10 @@ class FeatureActor(Handler):
             return [made]
         chunks, headers = made
         out_headers = H.carry(headers, CHUNK_SCHEMA)
+        by_user = self.s.features.key == "user"
         return [Outgoing(self.s.topics.features, encode(c),
-                         key=f"{c.request_id}:{c.chunk}".encode(), headers=out_headers)
+                         key=record.key if by_user else f"{c.request_id}:{c.chunk}".encode(),
+                         headers=out_headers)
                 for c in chunks]
 
     async def chunks(self, record: Record) -> tuple[list[FeatureChunk], dict[str, bytes]] | Outgoing:
@@ -81,6 +84,7 @@ class FeatureActor(Handler):
             chunks.append(FeatureChunk(
                 request_id=req.request_id, chunk=i, n_chunks=n_chunks, n_candidates=n,
                 top_k=req.top_k, reply_to=req.reply_to, deadline_ms=deadline,
+                priority=req.priority,
                 ad_id=ad_id[sl], bid=bid[sl], dense=dense[sl], sparse=sparse[sl],
             ))
         return chunks, headers
@@ -94,5 +98,6 @@ class FeatureActor(Handler):
         topic = self.s.topics.results
         if error.reply_to and self._topics_seen.get(error.reply_to):
             topic = error.reply_to
+        self.rejected_count += 1
         return [status_result(error.request_id, "rejected", topic, reason=error.reason,
                               headers=record.headers)]

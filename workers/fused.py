@@ -35,7 +35,8 @@ class FusedFeaturesScorer(Handler):
         if isinstance(made, Outgoing):
             return [made]
         chunks, headers = made
-        return list(await asyncio.gather(*(self.scorer.score_chunk(c, headers)
+        key = record.key if self.features.s.features.key == "user" else None
+        return list(await asyncio.gather(*(self.scorer.score_chunk(c, headers, key)
                                            for c in chunks)))
 
     def revoked(self, tps: set[TP]) -> None:

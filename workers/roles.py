@@ -10,6 +10,8 @@ import structlog
 
 from pipeline.actor import Actor, ActorSettings, Handler
 from pipeline.batcher import DynamicBatcher
+from pipeline.endpoint import keep_fresh, start_server
+from pipeline.metrics import Check, Metrics
 from pipeline.middleware import Middleware
 from pipeline.transport import Transport, open_transport
 from workers.aggregator import Aggregator
@@ -42,7 +44,8 @@ def feature_pipeline(settings: Settings, spec: ModelSpec) -> FeaturePipeline:
         Path(settings.features.spec) if settings.features.spec else None)
 
 
-def scoring_batcher(settings: Settings, spec: ModelSpec) -> DynamicBatcher:
+def scoring_batcher(settings: Settings, spec: ModelSpec,
+                    metrics: Metrics | None = None) -> DynamicBatcher:
     """One batcher over ``instances`` backends (each its own onnxruntime session or stream)."""
     from workers.backends import create_backend
 
@@ -53,36 +56,62 @@ def scoring_batcher(settings: Settings, spec: ModelSpec) -> DynamicBatcher:
     if sc.intra_op_threads or c.intra_op_threads:
         options["intra_op_threads"] = sc.intra_op_threads or c.intra_op_threads
     backends = [create_backend(spec, sc.backend or None, **options) for _ in range(instances)]
-    return DynamicBatcher(
+    batcher = DynamicBatcher(
         [b.score for b in backends],
         max_rows=sc.max_batch_rows or c.max_batch_rows,
         max_wait_ms=sc.max_wait_ms if sc.max_wait_ms >= 0 else c.max_wait_ms,
+        on_batch=metrics.batch_observer(spec.name, str(spec.version)) if metrics else None,
     )
+    if metrics is not None:
+        from workers.backends.cupy_pool import pool_stats
+
+        metrics.watch_queue(spec.name, str(spec.version), lambda: batcher.queued_rows)
+        metrics.watch_gpu_pool(pool_stats)
+        kinds = sorted({type(b).__name__ for b in backends})
+        detail = f"{spec.name} version {spec.version}: {instances} x {', '.join(kinds)}"
+        metrics.add_check("model", lambda: Check(True, detail))
+    return batcher
 
 
-def build_handler(role: str, settings: Settings, transport: Transport) -> Handler:
+def build_handler(role: str, settings: Settings, transport: Transport,
+                  metrics: Metrics | None = None) -> Handler:
+    """The role's handler; with ``metrics``, its batcher and counters are registered there."""
     if role == "features":
-        return FeatureActor(settings, feature_pipeline(settings, model_spec(settings)), transport)
+        features = FeatureActor(settings, feature_pipeline(settings, model_spec(settings)),
+                                transport)
+        if metrics is not None:
+            metrics.watch_counts(role, lambda: {"expired": features.expired,
+                                                "rejected": features.rejected_count})
+        return features
     if role in ("scorer", "fused"):
         spec = model_spec(settings)
-        scorer = ScoringWorker(settings, scoring_batcher(settings, spec),
+        scorer = ScoringWorker(settings, scoring_batcher(settings, spec, metrics),
                                n_dense=len(spec.config.dense_features),
                                n_sparse=len(spec.config.sparse_features))
         if role == "scorer":
+            if metrics is not None:
+                metrics.watch_counts(role, lambda: {"expired": scorer.expired})
             return scorer
-        features = FeatureActor(settings, feature_pipeline(settings, spec), transport)
-        return FusedFeaturesScorer(features, scorer)
+        fe = FeatureActor(settings, feature_pipeline(settings, spec), transport)
+        if metrics is not None:
+            metrics.watch_counts(role, lambda: {"expired": fe.expired + scorer.expired,
+                                                "rejected": fe.rejected_count})
+        return FusedFeaturesScorer(fe, scorer)
     if role == "aggregator":
-        return Aggregator(settings)
+        aggregator = Aggregator(settings, transport)
+        if metrics is not None:
+            metrics.watch_counts(role, lambda: {k: aggregator.counts[k] for k in
+                                                ("expired", "partial", "duplicates")})
+        return aggregator
     raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
 
 
 def build_actor(role: str, settings: Settings, transport: Transport,
-                middleware: Sequence[Middleware] = ()) -> Actor:
+                middleware: Sequence[Middleware] = (), metrics: Metrics | None = None) -> Actor:
     t, a = settings.topics, settings.actor
     inputs = {"features": t.requests, "scorer": t.features, "aggregator": t.scores,
               "fused": t.requests}
-    handler = build_handler(role, settings, transport)
+    handler = build_handler(role, settings, transport, metrics)
     return Actor(transport, handler, ActorSettings(
         group_id=f"{settings.kafka.group_prefix}-{role}",
         input_topics=[inputs[role]],
@@ -92,31 +121,50 @@ def build_actor(role: str, settings: Settings, transport: Transport,
         commit_interval_ms=a.commit_interval_ms,
         drain_timeout_s=a.drain_timeout_s,
         revoke_timeout_s=a.revoke_timeout_s,
-    ), middleware)
+        exactly_once=a.delivery == "exactly_once",
+    ), [*middleware, metrics] if metrics is not None else middleware)
 
 
 async def ensure_topics(settings: Settings, transport: Transport) -> list[str]:
     t = settings.topics
     return await transport.create_topics(
-        [t.requests, t.features, t.scores, t.results, t.dlq], t.partitions, t.replication)
+        [t.requests, t.features, t.scores, t.results, t.dlq, t.changelog], t.partitions,
+        t.replication)
 
 
 async def run_roles(
     roles: Iterable[str], settings: Settings, stop: asyncio.Event,
     transport: Transport | None = None, ready: asyncio.Event | None = None,
-    middleware: Sequence[Middleware] = (),
+    middleware: Sequence[Middleware] = (), metrics: Metrics | None = None,
 ) -> list[Actor]:
     """Run the given roles in this process until ``stop`` is set; return their actors.
 
-    ``ready`` is set once every actor has been assigned its partitions.
+    ``ready`` is set once every actor has been assigned its partitions. With
+    ``metrics.port`` set, the process serves /metrics, /healthz and /readyz there from
+    before the models load until its actors finished draining.
     """
     transport = transport or transport_for(settings)
-    actors = [build_actor(r, settings, transport, middleware) for r in roles]
-    async with asyncio.TaskGroup() as tg:
-        for a in actors:
-            tg.create_task(a.run(stop))
-        if ready is not None:
-            tg.create_task(_all_ready(actors, ready, stop))
+    if metrics is None and settings.metrics.port:
+        metrics = Metrics()
+    server = start_server(metrics, settings.metrics) if metrics and settings.metrics.port \
+        else None
+    try:
+        actors = [build_actor(r, settings, transport, middleware, metrics) for r in roles]
+        finished = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            runs = [tg.create_task(a.run(stop)) for a in actors]
+            if ready is not None:
+                tg.create_task(_all_ready(actors, ready, stop))
+            if metrics is not None:
+                metrics.expect(a.handler.name for a in actors)
+                if server is not None:
+                    tg.create_task(keep_fresh(metrics, settings.metrics, transport, stop,
+                                              finished))
+            await asyncio.wait(runs)
+            finished.set()
+    finally:
+        if server is not None:
+            await asyncio.to_thread(server.stop)
     return actors
 
 

@@ -39,9 +39,11 @@ class ScoringWorker(Handler):
 
     async def handle(self, record: Record) -> list[Outgoing]:
         chunk = decode(record.value, FeatureChunk, max_bytes=self.s.actor.max_message_bytes)
-        return [await self.score_chunk(chunk, record.headers)]
+        key = record.key if self.s.features.key == "user" else None
+        return [await self.score_chunk(chunk, record.headers, key)]
 
-    async def score_chunk(self, chunk: FeatureChunk, headers: dict[str, bytes]) -> Outgoing:
+    async def score_chunk(self, chunk: FeatureChunk, headers: dict[str, bytes],
+                          key: bytes | None = None) -> Outgoing:
         """Score one chunk in some batch (or mark it expired); the ScoreChunk to produce."""
         self._check_shapes(chunk)
         out = ScoreChunk(
@@ -57,9 +59,10 @@ class ScoringWorker(Handler):
             deadline = None
             if chunk.deadline_ms is not None:
                 deadline = time.monotonic() + (chunk.deadline_ms - now_ms) / 1000
-            scores = await self.batcher.submit(chunk.dense, chunk.sparse, deadline=deadline)
+            scores = await self.batcher.submit(chunk.dense, chunk.sparse, deadline=deadline,
+                                               priority=chunk.priority)
             out.ad_id, out.bid, out.score = chunk.ad_id, chunk.bid, scores.astype(np.float32)
-        return Outgoing(self.s.topics.scores, encode(out), key=chunk.request_id.encode(),
+        return Outgoing(self.s.topics.scores, encode(out), key=key or chunk.request_id.encode(),
                         headers=H.carry(headers, SCORE_SCHEMA))
 
     def _check_shapes(self, chunk: FeatureChunk) -> None:

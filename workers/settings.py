@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from pipeline.config import ActorSection, KafkaSection, LogSection
+from pipeline.metrics import MetricsSection
 
 
 @dataclass
@@ -14,6 +16,7 @@ class TopicsSection:
     scores: str = "ads.scores"  # ScoreChunks, keyed by request id
     results: str = "ads.results"  # ScoreResults (unless a request names its reply_to)
     dlq: str = "ads.dlq"  # DeadLetters: what could not be processed, and why
+    changelog: str = "ads.aggregator.changelog"  # answered request ids (exactly-once only)
     partitions: int = 8  # used by `adstream topics create`
     replication: int = 1  # replication factor for `adstream topics create`
 
@@ -24,6 +27,9 @@ class FeaturesSection:
     spec: str = ""  # feature spec TOML; empty = the bundled default
     default_timeout_ms: int = 10_000  # deadline for requests that carry none
     max_candidates: int = 10_000
+    key: str = "request"  # key of FeatureChunks/ScoreChunks: request (spread) or user (ordered)
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"key": ("request", "user")}
 
 
 @dataclass
@@ -55,4 +61,5 @@ class Settings:
     features: FeaturesSection = field(default_factory=FeaturesSection)
     scorer: ScorerSection = field(default_factory=ScorerSection)
     aggregator: AggregatorSection = field(default_factory=AggregatorSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     log: LogSection = field(default_factory=LogSection)
