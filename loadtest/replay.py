@@ -1,0 +1,297 @@
+"""Open-loop replay: send each request at its intended time, whatever the answers do.
+
+Latency is measured from the *intended* send time, never from when the request could
+actually be sent (wrk2's rule against coordinated omission): when the system, the
+producer's buffer or this process stalls, the requests scheduled during the stall are
+sent late and their latency includes the wait. Latencies of the measured window (after
+``warmup_s``) go into an HdrHistogram; a request without an answer ``timeout_s`` after its
+intended time is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Self
+
+import numpy as np
+from hdrh.histogram import HdrHistogram
+
+from loadtest.arrivals import Schedule
+from loadtest.system import Answer, System
+from pipeline import headers as H
+
+STATUSES = ("ok", "partial", "expired", "rejected", "error")
+ANSWERED = ("ok", "partial", "expired", "rejected")  # a result arrived (with its latency)
+_CODE = {s: i for i, s in enumerate(STATUSES)}
+ERROR = _CODE["error"]
+NONE = -1
+STAMPS = (H.SENT_MS,) + tuple(f"{H.STAGE_PREFIX}{s}.{edge}" for s in
+                              ("features", "scorer", "aggregator") for edge in ("in", "out"))
+HIGHEST_US = 3_600_000_000  # an hour, in microseconds
+LEAD_S = 0.05  # the first request is due this long after start() returns
+
+
+def new_histogram() -> HdrHistogram:
+    """Microseconds from 1 µs to an hour, 3 significant digits."""
+    return HdrHistogram(1, HIGHEST_US, 3)
+
+
+@dataclass
+class Measurement:
+    """What one replay measured; every array is indexed by scheduled request."""
+
+    schedule: Schedule
+    warmup_s: float
+    timeout_s: float
+    t0: float = 0.0  # time.monotonic() of offset 0
+    wall0_ms: float = 0.0  # the same instant as epoch milliseconds
+    n_sent: int = 0
+    n_answered: int = 0
+    duplicates: int = 0
+    late: int = 0  # answers that came after the timeout (counted as lost)
+    interrupted: bool = False
+    sent_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    received_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    status: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    n_scored: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    stamps: np.ndarray = field(default_factory=lambda: np.zeros((0, len(STAMPS)), np.int64))
+    histogram: HdrHistogram = field(default_factory=new_histogram)
+    ended_s: float = 0.0
+
+    @classmethod
+    def for_schedule(cls, schedule: Schedule, warmup_s: float, timeout_s: float) -> Measurement:
+        n = len(schedule)
+        return cls(schedule, warmup_s, timeout_s,
+                   sent_s=np.full(n, np.nan), received_s=np.full(n, np.nan),
+                   status=np.full(n, NONE, np.int8), n_scored=np.zeros(n, np.int64),
+                   stamps=np.zeros((n, len(STAMPS)), np.int64))
+
+    def on_answer(self, a: Answer) -> None:
+        i = a.request
+        if self.status[i] != NONE:
+            self.duplicates += 1
+            return
+        code = _CODE.get(a.status, ERROR)
+        intended = self.t0 + self.schedule.offsets_s[i]
+        latency = a.received_s - intended
+        if code != ERROR and latency > self.timeout_s:
+            self.late += 1
+            return
+        self.status[i] = code
+        self.received_s[i] = a.received_s
+        self.n_answered += 1
+        if code == ERROR:
+            return
+        self.n_scored[i] = a.n_scored
+        if a.headers:
+            row = self.stamps[i]
+            for k, name in enumerate(STAMPS):
+                v = a.headers.get(name)
+                if v:
+                    row[k] = int(v)
+        if self.schedule.offsets_s[i] >= self.warmup_s:
+            self.histogram.record_value(min(HIGHEST_US, max(1, round(latency * 1e6))))
+
+    # ---- views ---------------------------------------------------------------------------
+
+    @property
+    def intended_s(self) -> np.ndarray:
+        return self.t0 + self.schedule.offsets_s
+
+    def latency_ms(self) -> np.ndarray:
+        """Latency from the intended send time, NaN where no result arrived."""
+        lat = (self.received_s - self.intended_s) * 1000.0
+        lat[(self.status < 0) | (self.status == ERROR)] = np.nan
+        return lat
+
+    def measured(self) -> np.ndarray:
+        """Mask of the sent requests in the measured window (after the warm-up)."""
+        mask = self.schedule.offsets_s >= self.warmup_s
+        mask[self.n_sent:] = False
+        return mask
+
+
+@dataclass
+class Snapshot:
+    """The live progress numbers."""
+
+    elapsed_s: float
+    sent: int
+    answered: int
+    scheduled: int
+    send_rate: float
+    answer_rate: float
+    p50_ms: float
+    p99_ms: float
+    outstanding: int
+    overdue: int  # sent, unanswered and past the timeout: will count as lost
+    errors: int  # non-ok answers
+    phase: str
+
+
+class _Rates:
+    def __init__(self) -> None:
+        self.last: tuple[float, int, int] | None = None
+
+    def step(self, now: float, sent: int, answered: int) -> tuple[float, float]:
+        prev, self.last = self.last, (now, sent, answered)
+        if prev is None or now <= prev[0]:
+            return 0.0, 0.0
+        dt = now - prev[0]
+        return (sent - prev[1]) / dt, (answered - prev[2]) / dt
+
+
+def snapshot(m: Measurement, rates: _Rates, phase: str) -> Snapshot:
+    now = time.monotonic()
+    lat = m.latency_ms()[:m.n_sent]
+    done = lat[~np.isnan(lat)]
+    p50, p99 = (np.percentile(done, [50, 99]).tolist() if len(done) else [np.nan, np.nan])
+    unanswered = m.status[:m.n_sent] < 0
+    overdue = int((unanswered & (m.intended_s[:m.n_sent] + m.timeout_s < now)).sum())
+    errors = int(((m.status[:m.n_sent] > 0)).sum())
+    send_rate, answer_rate = rates.step(now, m.n_sent, m.n_answered)
+    return Snapshot(now - m.t0, m.n_sent, m.n_answered, len(m.schedule), send_rate,
+                    answer_rate, p50, p99, int(unanswered.sum()), overdue, errors, phase)
+
+
+ProgressSink = Callable[[Snapshot], None]
+
+
+async def replay(
+    system: System,
+    schedule: Schedule,
+    *,
+    deadline_ms: np.ndarray | None = None,
+    warmup_s: float = 0.0,
+    timeout_s: float = 10.0,
+    progress: ProgressSink | None = None,
+    progress_interval_s: float = 1.0,
+    stop: asyncio.Event | None = None,
+) -> Measurement:
+    """Send ``schedule`` open-loop to ``system`` and measure every answer.
+
+    ``deadline_ms`` gives each scheduled request a deadline relative to its intended send
+    time (0: none). Setting ``stop`` ends sending early; what was sent is still awaited.
+    """
+    m = Measurement.for_schedule(schedule, warmup_s, timeout_s)
+    n = len(schedule)
+    await system.start(m.on_answer)
+    try:
+        m.t0 = time.monotonic() + LEAD_S
+        m.wall0_ms = time.time() * 1000.0 + LEAD_S * 1000.0
+        if deadline_ms is None:
+            deadlines: list[int | None] = [None] * n
+        else:
+            absolute = (m.wall0_ms + schedule.offsets_s * 1000.0 + deadline_ms).astype(np.int64)
+            deadlines = [int(d) if rel > 0 else None
+                         for d, rel in zip(absolute.tolist(), deadline_ms.tolist(), strict=True)]
+        done = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            if progress is not None:
+                tg.create_task(_report_progress(m, progress, progress_interval_s, done))
+            try:
+                await _send_all(system, m, deadlines, stop)
+                await _await_answers(m)
+            finally:
+                done.set()
+    finally:
+        await system.stop()
+    m.ended_s = time.monotonic()
+    return m
+
+
+async def _send_all(system: System, m: Measurement, deadlines: list[int | None],
+                    stop: asyncio.Event | None) -> None:
+    offsets = m.schedule.offsets_s.tolist()
+    entries = m.schedule.entries.tolist()
+    n = len(offsets)
+    sent = m.sent_s
+    clock = time.monotonic
+    send = system.send
+    t0 = m.t0
+    i = 0
+    with _Pacer() as pacer:
+        while i < n:
+            if stop is not None and stop.is_set():
+                m.interrupted = True
+                return
+            now = clock() - t0
+            burst = 0
+            while i < n and offsets[i] <= now and burst < 256:
+                sent[i] = clock()
+                await send(i, entries[i], t0 + offsets[i], deadlines[i])
+                i += 1
+                m.n_sent = i
+                burst += 1
+            if i >= n:
+                return
+            if burst >= 256:
+                await asyncio.sleep(0)  # let answers in while catching up
+            else:
+                await pacer.wait_until(t0 + offsets[i])
+
+
+class _Pacer:
+    """Waits until a monotonic time with sub-millisecond precision and no busy loop.
+
+    The event loop's timers wake up to a millisecond late (selectors round timeouts up to
+    whole milliseconds), which would add a ~0.6 ms bias to every latency measured from the
+    intended send time. Long waits use a loop timer that wakes early; the last stretch is
+    slept in a helper thread (``time.sleep`` is precise to tens of microseconds), whose
+    completion wakes the loop at once.
+    """
+
+    FINE_S = 0.003  # waits shorter than this are slept in the helper thread
+
+    def __enter__(self) -> Self:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="adstream-pacer")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+
+    async def wait_until(self, t: float) -> None:
+        delay = t - time.monotonic()
+        if delay > self.FINE_S:
+            await asyncio.sleep(delay - self.FINE_S + 0.0011)  # wakes ≥ ~1 ms before t
+            delay = t - time.monotonic()
+        if delay > 0:
+            await asyncio.get_running_loop().run_in_executor(self._pool, _sleep_until, t)
+
+
+def _sleep_until(t: float) -> None:
+    delay = t - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+async def _await_answers(m: Measurement) -> None:
+    """Until every sent request is answered or past its timeout (also after an interrupt:
+    what was sent is measured)."""
+    if m.n_sent == 0:
+        return
+    give_up = m.t0 + float(m.schedule.offsets_s[m.n_sent - 1]) + m.timeout_s
+    while m.n_answered < m.n_sent and time.monotonic() < give_up:
+        await asyncio.sleep(0.01)
+
+
+async def _report_progress(m: Measurement, sink: ProgressSink, interval_s: float,
+                           done: asyncio.Event) -> None:
+    rates = _Rates()
+    rates.step(time.monotonic(), 0, 0)
+    while not done.is_set():
+        try:
+            await asyncio.wait_for(done.wait(), interval_s)
+        except TimeoutError:
+            pass
+        phase = ("done" if done.is_set() else
+                 "warm-up" if time.monotonic() - m.t0 < m.warmup_s else
+                 "draining" if m.n_sent == len(m.schedule) else "sending")
+        if phase == "done":
+            rates = _Rates()  # the last line shows the averages over the whole run
+            rates.step(m.t0, 0, 0)
+        sink(snapshot(m, rates, phase))
