@@ -138,9 +138,15 @@ def load_config(
     path: Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Iterable[str] = (),
+    *,
+    only_known_tables: bool = False,
 ) -> T:
-    """Build ``cls`` (a dataclass of section dataclasses) from file, environment and flags."""
+    """Build ``cls`` (a dataclass of section dataclasses) from file, environment and flags.
+
+    ``only_known_tables`` skips (instead of rejecting) tables and ``--set`` overrides that
+    ``cls`` does not have: a tool that reads a subset of a shared config file uses it."""
     settings = cls()
+    known = set(_sections(cls))
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text())
@@ -149,6 +155,8 @@ def load_config(
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from None
         for table, values in data.items():
+            if only_known_tables and table not in known:
+                continue
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: {table!r} must be a table ([{table}])")
             for key, value in values.items():
@@ -166,6 +174,8 @@ def load_config(
         table, dot, key = name.strip().partition(".")
         if not sep or not dot:
             raise ConfigError(f"--set {item!r}: expected TABLE.KEY=VALUE")
+        if only_known_tables and table not in known:
+            continue
         _apply(settings, table, key, value.strip(), f"--set {item}")
     return settings
 

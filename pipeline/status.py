@@ -16,19 +16,16 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import sys
 import time
-import tomllib
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError
 
 from pipeline import runner
-from pipeline.config import ENV_PREFIX, ConfigError, KafkaSection, LogSection, _apply
+from pipeline.config import KafkaSection, LogSection, load_config
 from pipeline.lag import (
     GroupInfo,
     KafkaLagReader,
@@ -60,39 +57,13 @@ def status_settings(args: argparse.Namespace, env: dict[str, str] | None = None
     A config file also holds the roles' tables, which the runtime cannot check (``pipeline``
     never imports ``workers``), so those are skipped here instead of rejected.
     """
-    s = StatusSettings()
-    tables = {f.name for f in dataclasses.fields(s)}
-    path: Path | None = getattr(args, "config", None)
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML ({e})") from None
-        for table, values in data.items():
-            if table in tables and isinstance(values, dict):
-                for key, value in values.items():
-                    _apply(s, table, key, value, f"{path}: {table}.{key}")
-    env = dict(os.environ) if env is None else env
-    for table in tables:
-        for key in (f.name for f in dataclasses.fields(getattr(s, table))):
-            var = f"{ENV_PREFIX}{table}_{key}".upper()
-            if var in env:
-                _apply(s, table, key, env[var], f"environment {var}")
     overrides = list(getattr(args, "set", None) or [])
     for flag, name in (("bootstrap", "kafka.bootstrap"), ("log_format", "log.format"),
                        ("log_level", "log.level")):
         if getattr(args, flag, None):
             overrides.append(f"{name}={getattr(args, flag)}")
-    for item in overrides:
-        name, sep, value = item.partition("=")
-        table, dot, key = name.strip().partition(".")
-        if not sep or not dot:
-            raise ConfigError(f"--set {item!r}: expected TABLE.KEY=VALUE")
-        if table in tables:
-            _apply(s, table, key, value.strip(), f"--set {item}")
-    return s
+    return load_config(StatusSettings, getattr(args, "config", None), env, overrides,
+                       only_known_tables=True)
 
 
 # ---- what the workers' metrics endpoints say --------------------------------------------------
