@@ -98,7 +98,7 @@ def test_sweep_finds_a_rate_and_prints_its_steps(traffic_file, tmp_path, model_r
     out = capsys.readouterr().out
     assert code == 0, out
     doc = json.loads((tmp_path / "SWEEP.json").read_text())
-    assert [st["rate"] for st in doc["steps"]] == [20, 40]
+    assert [st["rate"] for st in doc["steps"]] == [20, 40], doc["steps"]
     assert doc["best"]["rate"] == 40
     assert "highest rate meeting p99 ≤ 2000 ms" in out and "step up" in out
     assert "Latency against offered rate" in (tmp_path / "s.html").read_text()

@@ -47,7 +47,7 @@ class MemoryBroker:
         self.name = name
         self.topics: dict[str, list[list[Record]]] = {}
         self.groups: dict[str, _Group] = {}
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()  # replaced by a fresh one at every notify
         self._rr = 0
 
     @classmethod
@@ -80,15 +80,16 @@ class MemoryBroker:
         return rec
 
     async def notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        """Wake every reader waiting for new records (no lock: an event per generation)."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def wait(self, timeout_s: float) -> None:
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout_s)
-            except TimeoutError:
-                pass
+        changed = self._changed
+        try:
+            await asyncio.wait_for(changed.wait(), timeout_s)
+        except TimeoutError:
+            pass
 
     def end_offset(self, tp: TP) -> int:
         return len(self.topics[tp.topic][tp.partition])
