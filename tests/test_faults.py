@@ -156,26 +156,33 @@ def _wait_results(stack: Stack, n: int, timeout: float = 60) -> None:
         time.sleep(0.3)
 
 
+def _kill_workers_of_every_role_twice(stack: Stack, seed: int) -> tuple[Traffic, int]:
+    """Each role under a 2-process supervisor; SIGKILL a random child of each role, twice,
+    while the traffic flows. Returns the traffic and the number of kills."""
+    for role in ("features", "scorer", "aggregator"):
+        stack.start(role, wait=False, processes=2)
+    for role in ("features", "scorer", "aggregator"):
+        stack.wait_ready(role)
+    traffic = Traffic(stack).start()
+    _wait_results(stack, 150)
+    rng = random.Random(seed)
+    kills = 0
+    for _round in range(2):
+        for role in ("aggregator", "scorer", "features"):
+            victims = stack.children(role)
+            assert victims, f"no children of the {role} supervisor"
+            os.kill(rng.choice(victims), signal.SIGKILL)
+            kills += 1
+            time.sleep(1.5)
+    assert not traffic.done.is_set(), "the faults came after the stream"
+    return traffic, kills
+
+
 def test_sigkill_workers_of_every_role_under_supervisors(kafka_bootstrap, model_repo, tmp_path,
                                                          direct):
     stack = _stack(kafka_bootstrap, model_repo, tmp_path)
     try:
-        for role in ("features", "scorer", "aggregator"):
-            stack.start(role, wait=False, processes=2)
-        for role in ("features", "scorer", "aggregator"):
-            stack.wait_ready(role)
-        traffic = Traffic(stack).start()
-        _wait_results(stack, 150)
-        rng = random.Random(7)
-        kills = 0
-        for _round in range(2):
-            for role in ("aggregator", "scorer", "features"):
-                victims = stack.children(role)
-                assert victims, f"no children of the {role} supervisor"
-                os.kill(rng.choice(victims), signal.SIGKILL)
-                kills += 1
-                time.sleep(1.5)
-        assert not traffic.done.is_set(), "the faults came after the stream"
+        traffic, kills = _kill_workers_of_every_role_twice(stack, seed=7)
         counts = check(traffic, traffic.wait_answered(), direct)
         assert counts["lost"] == 0 and counts["wrong"] == 0
         assert counts["duplicated"] <= kills * 2000  # at most the in-flight bound per kill
@@ -189,18 +196,7 @@ def test_sigkill_in_exactly_once_mode_duplicates_no_result(kafka_bootstrap, mode
     stack = _stack(kafka_bootstrap, model_repo, tmp_path,
                    actor={"delivery": "exactly_once"})
     try:
-        for role in ("features", "scorer", "aggregator"):
-            stack.start(role, wait=False, processes=2)
-        for role in ("features", "scorer", "aggregator"):
-            stack.wait_ready(role)
-        traffic = Traffic(stack).start()
-        _wait_results(stack, 150)
-        rng = random.Random(11)
-        for _round in range(2):
-            for role in ("aggregator", "scorer", "features"):
-                os.kill(rng.choice(stack.children(role)), signal.SIGKILL)
-                time.sleep(1.5)
-        assert not traffic.done.is_set(), "the faults came after the stream"
+        traffic, _ = _kill_workers_of_every_role_twice(stack, seed=11)
         counts = check(traffic, traffic.wait_answered(read_committed=True), direct)
         assert counts == {**counts, "lost": 0, "wrong": 0, "duplicated": 0}
     finally:
