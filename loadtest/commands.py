@@ -8,9 +8,12 @@ import gc
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadtest.generate import generate, parse_distribution, write_jsonl
+
+if TYPE_CHECKING:
+    from loadtest.run import RunOptions
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -71,10 +74,17 @@ def _command_line(args: argparse.Namespace, command: str) -> str:
 # ---- replay ----------------------------------------------------------------------------------
 
 
+def _run_options(args: argparse.Namespace) -> RunOptions:
+    from loadtest.run import RunOptions
+
+    return RunOptions(warmup_s=args.warmup, timeout_s=args.timeout,
+                      deadline_ms=args.deadline_ms, slo_p99_ms=args.slo_p99_ms)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from loadtest import arrivals
     from loadtest.progress import Progress
-    from loadtest.run import RunOptions, describe, measure, write_json
+    from loadtest.run import describe, measure, write_json
     from loadtest.target import TargetError, open_target
     from loadtest.traffic import Traffic, TrafficError
     from pipeline import runner
@@ -94,8 +104,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                      f"({schedule.span_s:.1f} s of sending): nothing would be measured")
     _note_skipped(traffic)
     settings = _settings(args)
-    opts = RunOptions(warmup_s=args.warmup, timeout_s=args.timeout,
-                      deadline_ms=args.deadline_ms, slo_p99_ms=args.slo_p99_ms)
+    opts = _run_options(args)
 
     async def go(stop: asyncio.Event) -> dict[str, Any] | None:
         _short_gc_pauses()
@@ -230,7 +239,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from loadtest.run import RunOptions, write_json
+    from loadtest.run import write_json
     from loadtest.sweep import SweepPlan, print_steps, sweep
     from loadtest.target import TargetError
     from loadtest.traffic import Traffic, TrafficError
@@ -252,8 +261,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                      f"--step-duration {args.step_duration:g} s")
     _note_skipped(traffic)
     settings = _settings(args)
-    opts = RunOptions(warmup_s=args.warmup, timeout_s=args.timeout,
-                      deadline_ms=args.deadline_ms, slo_p99_ms=args.slo_p99_ms)
+    opts = _run_options(args)
 
     async def go(stop: asyncio.Event) -> dict[str, Any] | None:
         _short_gc_pauses()

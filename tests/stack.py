@@ -17,6 +17,9 @@ from schemas import ScoreResult, decode
 
 _ids = itertools.count()
 ROLES = ("features", "scorer", "aggregator")
+# a scorer with a small in-flight budget and slow batches: a backlog builds up behind it
+SLOW_SCORER = {"ADSTREAM_ACTOR_MAX_IN_FLIGHT": "8", "ADSTREAM_ACTOR_RESUME_IN_FLIGHT": "4",
+               "ADSTREAM_SCORER_MAX_WAIT_MS": "40"}
 
 
 class Stack:
@@ -59,8 +62,9 @@ class Stack:
         assert out.returncode == 0, out.stderr.decode()
 
     def start(self, role: str, wait: bool = True, processes: int | None = None,
-              name: str | None = None) -> None:
-        """Start ``role`` (under a supervisor when ``processes`` is given) as ``name``."""
+              name: str | None = None, env: dict[str, str] | None = None) -> None:
+        """Start ``role`` (under a supervisor when ``processes`` is given) as ``name``;
+        ``env`` adds environment variables (settings) for that process only."""
         name = name or role
         self.starts[name] = self.starts.get(name, 0) + 1
         log = self.tmp / f"{name}.{self.starts[name]}.log"
@@ -69,7 +73,8 @@ class Stack:
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "worker", role, "--config", str(self.config),
              *extra],
-            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))  # noqa: SIM115
+            stdout=subprocess.DEVNULL, stderr=open(log, "wb"),  # noqa: SIM115
+            env={**os.environ, **env} if env else None)
         if wait:
             self.wait_ready(name)
 

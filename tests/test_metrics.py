@@ -18,7 +18,7 @@ import pytest
 import structlog
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
-from stack import ROLES, Stack
+from stack import ROLES, SLOW_SCORER, Stack
 
 from loadtest.generate import generate
 from pipeline.config import ConfigError
@@ -232,14 +232,8 @@ def test_scraped_metrics_rise_during_a_replay_and_lag_returns_to_zero(
         for role in ROLES:
             port = free_port()
             urls[role] = f"http://127.0.0.1:{port}"
-            monkeypatch.setenv("ADSTREAM_METRICS_PORT", str(port))
-            if role == "scorer":  # a small budget and slow batches: a backlog builds up
-                monkeypatch.setenv("ADSTREAM_ACTOR_MAX_IN_FLIGHT", "8")
-                monkeypatch.setenv("ADSTREAM_ACTOR_RESUME_IN_FLIGHT", "4")
-                monkeypatch.setenv("ADSTREAM_SCORER_MAX_WAIT_MS", "40")
-            stack.start(role, wait=False)
-            for var in ("ACTOR_MAX_IN_FLIGHT", "ACTOR_RESUME_IN_FLIGHT", "SCORER_MAX_WAIT_MS"):
-                monkeypatch.delenv(f"ADSTREAM_{var}", raising=False)
+            env = {"ADSTREAM_METRICS_PORT": str(port)}
+            stack.start(role, wait=False, env={**env, **SLOW_SCORER} if role == "scorer" else env)
         for role in ROLES:
             stack.wait_ready(role)
         _replay_and_check(stack, urls)

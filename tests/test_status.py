@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from stack import ROLES, Stack
+from stack import ROLES, SLOW_SCORER, Stack
 
 from loadtest.generate import generate
 from pipeline.config import ConfigError
@@ -229,13 +229,7 @@ def test_status_shows_the_lag_kafka_consumer_groups_shows_during_a_replay(
     stack.create_topics()
     try:
         for role in ROLES:
-            if role == "scorer":  # a small budget and slow batches: a backlog builds up
-                monkeypatch.setenv("ADSTREAM_ACTOR_MAX_IN_FLIGHT", "8")
-                monkeypatch.setenv("ADSTREAM_ACTOR_RESUME_IN_FLIGHT", "4")
-                monkeypatch.setenv("ADSTREAM_SCORER_MAX_WAIT_MS", "40")
-            stack.start(role, wait=False)
-            for var in ("ACTOR_MAX_IN_FLIGHT", "ACTOR_RESUME_IN_FLIGHT", "SCORER_MAX_WAIT_MS"):
-                monkeypatch.delenv(f"ADSTREAM_{var}", raising=False)
+            stack.start(role, wait=False, env=SLOW_SCORER if role == "scorer" else None)
         for role in ROLES:
             stack.wait_ready(role)
         _compare_during_and_after_a_replay(stack, tool)
