@@ -458,7 +458,12 @@ def _write_properties(path: Path, config: dict[str, str]) -> None:
 
 
 def _new_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A random base64url UUID that does not start with '-' (the storage tool would read it
+    as an option; Kafka's own Uuid.randomUuid avoids those for the same reason)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
 
 
 def _format_storage(

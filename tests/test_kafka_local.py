@@ -128,3 +128,9 @@ def test_cli_status_not_answering(capsys: pytest.CaptureFixture[str]) -> None:
     port = kafka_local._free_port()
     assert _cli(["kafka", "status", "--bootstrap", f"127.0.0.1:{port}"]) == 1
     assert "not answering" in capsys.readouterr().out
+
+
+def test_cluster_ids_never_start_with_a_dash() -> None:
+    from pipeline.kafka_local import _new_cluster_id
+
+    assert not any(_new_cluster_id().startswith("-") for _ in range(5000))
