@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from schemas.messages import ScoreRequest
+from workers.feature_plan import CategoricalSpec, CrossSpec, FeaturePlan, NumericSpec
 from workers.transforms import FeatureBatch, Transform, categorical, cross, numeric
 
 DEFAULT_SPEC = Path(__file__).with_name("features.default.toml")
@@ -21,9 +22,13 @@ class FeatureConfigError(ValueError):
 
 @dataclass
 class FeaturePipeline:
+    """Runs the compiled :class:`FeaturePlan`; ``transforms`` (one closure per feature) are
+    the reference it must agree with (:meth:`reference`)."""
+
     transforms: list[Transform]
     n_sparse: int
     n_dense: int
+    plan: FeaturePlan
 
     @classmethod
     def from_spec(
@@ -50,31 +55,46 @@ class FeaturePipeline:
                     "tables do not define")
         firsts: list[Transform] = []
         crosses: list[Transform] = []
+        cat_specs: list[CategoricalSpec] = []
+        cross_specs: list[CrossSpec] = []
         for col, (name, buckets) in enumerate(zip(sparse_names, sparse_buckets, strict=True)):
             entry = sparse_spec[name]
             try:
                 if "cross" in entry:
-                    crosses.append(cross(name, list(entry["cross"]), col, int(buckets)))
+                    parts = [str(p) for p in entry["cross"]]
+                    crosses.append(cross(name, parts, col, int(buckets)))
+                    cross_specs.append(CrossSpec(name, tuple(parts), col, int(buckets)))
                 else:
                     firsts.append(categorical(name, str(entry["source"]), col, int(buckets)))
+                    cat_specs.append(CategoricalSpec(name, str(entry["source"]), col,
+                                                     int(buckets)))
             except (KeyError, ValueError, TypeError) as e:
                 raise FeatureConfigError(f"{path}: sparse.{name}: {e}") from None
         dense: list[Transform] = []
+        num_specs: list[NumericSpec] = []
         for col, name in enumerate(dense_names):
             entry = dict(dense_spec[name])
             try:
                 source = str(entry.pop("source"))
                 clip = entry.pop("clip", None)
-                dense.append(numeric(name, source, col,
-                                     clip=None if clip is None else (float(clip[0]),
-                                                                     float(clip[1])),
-                                     **entry))
+                bounds = None if clip is None else (float(clip[0]), float(clip[1]))
+                dense.append(numeric(name, source, col, clip=bounds, **entry))
+                num_specs.append(NumericSpec(name, source, col, clip=bounds, **entry))
             except (KeyError, ValueError, TypeError) as e:
                 raise FeatureConfigError(f"{path}: dense.{name}: {e}") from None
-        return cls(firsts + crosses + dense, len(sparse_names), len(dense_names))
+        try:
+            plan = FeaturePlan(cat_specs, cross_specs, num_specs, len(sparse_names),
+                               len(dense_names))
+        except ValueError as e:
+            raise FeatureConfigError(f"{path}: {e}") from None
+        return cls(firsts + crosses + dense, len(sparse_names), len(dense_names), plan)
 
     def __call__(self, req: ScoreRequest) -> tuple[np.ndarray, np.ndarray]:
         """``(dense float32 [n, n_dense], sparse int64 [n, n_sparse])`` for all candidates."""
+        return self.plan(req)
+
+    def reference(self, req: ScoreRequest) -> tuple[np.ndarray, np.ndarray]:
+        """The same, one transform at a time (what the plan is checked against)."""
         n = req.n_candidates
         user = dict(req.user)
         user.setdefault("user_id", req.user_id)

@@ -35,18 +35,36 @@ def mix64(x: np.ndarray) -> np.ndarray:
 
 def hash_scalar(value: Scalar | None) -> np.uint64:
     """Hash one categorical value; ints (and strings of digits) hash like int columns do."""
-    if value is None:
-        return MISSING
-    if isinstance(value, bool):
-        value = int(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str) and value.lstrip("-").isdigit() and len(value) < 19:
-        value = int(value)
-    if isinstance(value, int):
-        return np.uint64(mix64(np.array([value], dtype=np.int64).view(np.uint64))[0])
-    digest = hashlib.blake2b(str(value).encode(), digest_size=8).digest()
-    return np.uint64(int.from_bytes(digest, "little"))
+    return hash_scalars([value])[0]  # type: ignore[no-any-return]
+
+
+_INT64 = range(-2**63, 2**63)
+
+
+def hash_scalars(values: list[object]) -> np.ndarray:
+    """:func:`hash_scalar` of each value, the integers hashed in one vectorized call."""
+    out = np.empty(len(values), np.uint64)
+    ints: list[int] = []
+    where: list[int] = []
+    for i, value in enumerate(values):
+        if value is None:
+            out[i] = MISSING
+            continue
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, str) and value.lstrip("-").isdigit() and len(value) < 19:
+            value = int(value)
+        if isinstance(value, int) and value in _INT64:
+            ints.append(value)
+            where.append(i)
+        else:
+            digest = hashlib.blake2b(str(value).encode(), digest_size=8).digest()
+            out[i] = int.from_bytes(digest, "little")
+    if ints:
+        out[where] = mix64(np.array(ints, dtype=np.int64).view(np.uint64))
+    return out
 
 
 def hash_column(col: np.ndarray) -> np.ndarray:

@@ -1,0 +1,199 @@
+"""The feature pipeline compiled into a few array operations per request.
+
+:mod:`workers.transforms` defines each feature on its own (one closure per feature: clear,
+and the reference the tests hold this plan to). Applied one by one they cost ~56 small
+numpy calls per request, ~0.45 ms for 100 candidates. The plan computes the same values
+with the features of a kind side by side: all user/context ids hashed in one call, all
+candidate id columns as one matrix, crosses of the same depth together, and every dense
+column normalized at once — a handful of calls whatever the number of features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas.errors import SchemaError
+from schemas.messages import ScoreRequest
+from workers.transforms import MISSING, hash_scalars, mix64, salt
+
+_31 = np.uint64(31)
+
+
+@dataclass(frozen=True)
+class CategoricalSpec:
+    name: str
+    source: str  # user.X, context.X or candidate.X
+    column: int
+    buckets: int
+
+
+@dataclass(frozen=True)
+class CrossSpec:
+    name: str
+    parts: tuple[str, ...]
+    column: int
+    buckets: int
+
+
+@dataclass(frozen=True)
+class NumericSpec:
+    name: str
+    source: str
+    column: int
+    transform: str = "identity"
+    mean: float = 0.0
+    std: float = 1.0
+    clip: tuple[float, float] | None = None
+    default: float = 0.0
+
+
+def _split(source: str) -> tuple[str, str]:
+    scope, _, key = source.partition(".")
+    return scope, key
+
+
+def _scalar(req: ScoreRequest, user: dict[str, object], source: str) -> object:
+    scope, key = _split(source)
+    return (user if scope == "user" else req.context).get(key)
+
+
+class _Ids:
+    """Categorical features of one scope kind: columns, salts and bucket counts."""
+
+    def __init__(self, specs: list[CategoricalSpec]) -> None:
+        self.specs = specs
+        self.columns = np.array([s.column for s in specs], np.int64)
+        self.salts = np.array([salt(s.name) for s in specs], np.uint64)
+        self.buckets = np.array([s.buckets for s in specs], np.uint64)
+
+    def bucket(self, hashed: np.ndarray) -> np.ndarray:
+        """Final embedding ids of ``hashed`` (last axis = these features)."""
+        return (mix64(hashed ^ self.salts) % self.buckets).view(np.int64)
+
+
+class FeaturePlan:
+    """Fills ``(dense, sparse)`` for a request with all features of a kind at once."""
+
+    def __init__(self, categoricals: list[CategoricalSpec], crosses: list[CrossSpec],
+                 numerics: list[NumericSpec], n_sparse: int, n_dense: int) -> None:
+        self.n_sparse, self.n_dense = n_sparse, n_dense
+        self.scalar_ids = _Ids([c for c in categoricals if _split(c.source)[0] != "candidate"])
+        self.column_ids = _Ids([c for c in categoricals if _split(c.source)[0] == "candidate"])
+        self.cross_levels = self._levels(categoricals, crosses)
+        self.numerics = sorted(numerics, key=lambda n: n.column)
+        cols = [n.column for n in self.numerics]
+        self.dense_order = np.array(cols, np.int64)
+        inf = np.float32(np.inf)
+        self.lo = np.array([n.clip[0] if n.clip else -inf for n in self.numerics], np.float32)
+        self.hi = np.array([n.clip[1] if n.clip else inf for n in self.numerics], np.float32)
+        self.clipped = any(n.clip is not None for n in self.numerics)
+        self.log1p = np.array([n.transform == "log1p" for n in self.numerics])
+        std = np.array([n.transform == "standardize" for n in self.numerics])
+        self.standardize = std
+        self.mean = np.array([n.mean for n in self.numerics], np.float32)[std]
+        self.std = np.array([n.std for n in self.numerics], np.float32)[std]
+        self.defaults = [np.float32(n.default) for n in self.numerics]
+
+    @staticmethod
+    def _levels(categoricals: list[CategoricalSpec], crosses: list[CrossSpec]
+                ) -> list[tuple[_Ids, list[tuple[str, ...]]]]:
+        """Crosses grouped so that each group's parts are hashed before it and all its
+        crosses have the same number of parts (one vectorized chain per group)."""
+        done = {c.name for c in categoricals}
+        order = {c.name: i for i, c in enumerate(crosses)}
+        left = list(crosses)
+        levels: list[tuple[_Ids, list[tuple[str, ...]]]] = []
+        while left:
+            ready = [c for c in left if all(p in done for p in c.parts)]
+            if not ready:
+                c = left[0]
+                missing = [p for p in c.parts if p not in done and p not in order]
+                raise ValueError(f"cross {c.name!r} needs {missing or list(c.parts)}, which "
+                                 "no categorical or earlier cross defines")
+            for n_parts in sorted({len(c.parts) for c in ready}):
+                group = [c for c in ready if len(c.parts) == n_parts]
+                ids = _Ids([CategoricalSpec(c.name, "", c.column, c.buckets) for c in group])
+                levels.append((ids, [c.parts for c in group]))
+            done |= {c.name for c in ready}
+            left = [c for c in left if c.name not in done]
+        return levels
+
+    def __call__(self, req: ScoreRequest) -> tuple[np.ndarray, np.ndarray]:
+        n = req.n_candidates
+        user = dict(req.user)
+        user.setdefault("user_id", req.user_id)
+        sparse = np.empty((n, self.n_sparse), dtype=np.int64)
+        hashed: dict[str, np.ndarray] = {}  # name -> [n] or [1] (per request)
+
+        ids = self.scalar_ids
+        if ids.specs:
+            h = hash_scalars([_scalar(req, user, s.source) for s in ids.specs])
+            sparse[:, ids.columns] = ids.bucket(h)
+            for i, s in enumerate(ids.specs):
+                hashed[s.name] = h[i:i + 1]
+
+        ids = self.column_ids
+        if ids.specs:
+            raw = np.empty((n, len(ids.specs)), np.int64)
+            absent = []
+            for j, s in enumerate(ids.specs):
+                key = _split(s.source)[1]
+                col = req.candidates.get(key)
+                if col is None:
+                    absent.append(j)
+                    raw[:, j] = 0
+                elif col.dtype.kind not in "iuf":
+                    raise SchemaError(f"candidates.{key}", "categorical column must be integer")
+                else:
+                    raw[:, j] = col  # floats truncate, uint64 wraps: as astype(int64)
+            h = mix64(raw.view(np.uint64))
+            if absent:
+                h[:, absent] = MISSING
+            sparse[:, ids.columns] = ids.bucket(h)
+            for j, s in enumerate(ids.specs):
+                hashed[s.name] = h[:, j]
+
+        for ids, parts in self.cross_levels:
+            k = len(parts)
+            chain = np.broadcast_to(ids.salts, (n, k))
+            with np.errstate(over="ignore"):
+                for step in range(len(parts[0])):
+                    part = np.empty((n, k), np.uint64)
+                    for j, p in enumerate(parts):
+                        part[:, j] = hashed[p[step]]
+                    chain = mix64(chain * _31 + part)
+            sparse[:, ids.columns] = ids.bucket(chain)
+            for j, s in enumerate(ids.specs):
+                hashed[s.name] = chain[:, j]
+
+        dense = np.empty((n, self.n_dense), dtype=np.float32)
+        if self.numerics:
+            x = np.empty((n, len(self.numerics)), np.float32)
+            for j, spec in enumerate(self.numerics):
+                scope, key = _split(spec.source)
+                if scope == "candidate":
+                    col = req.candidates.get(key)
+                    x[:, j] = self.defaults[j] if col is None else col
+                else:
+                    x[:, j] = _number(_scalar(req, user, spec.source), spec)
+            if self.clipped:
+                np.clip(x, self.lo, self.hi, out=x)
+            if self.log1p.any():
+                x[:, self.log1p] = np.log1p(np.maximum(x[:, self.log1p], np.float32(0)))
+            if self.standardize.any():
+                x[:, self.standardize] = (x[:, self.standardize] - self.mean) / self.std
+            dense[:, self.dense_order] = x
+        return dense, sparse
+
+
+def _number(v: object, spec: NumericSpec) -> float:
+    if v is None:
+        return spec.default
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            raise SchemaError(spec.source, f"expected a number, got {v!r}") from None
+    return float(v)  # type: ignore[arg-type]
