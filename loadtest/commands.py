@@ -393,6 +393,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     _pipeline_flags(sw)
     sw.set_defaults(func=cmd_sweep)
 
+    from loadtest.bench_cli import add_parser as add_bench
+
+    add_bench(sub, common)
+
     rp = lsub.add_parser("report", help="summarize a RUN.json / SWEEP.json; write HTML")
     rp.add_argument("run", help="RUN.json (replay) or SWEEP.json (sweep)")
     rp.add_argument("--html", default=None, help="write the self-contained HTML report here")

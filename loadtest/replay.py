@@ -30,7 +30,8 @@ _CODE = {s: i for i, s in enumerate(STATUSES)}
 ERROR = _CODE["error"]
 NONE = -1
 STAMPS = (H.SENT_MS,) + tuple(f"{H.STAGE_PREFIX}{s}.{edge}" for s in
-                              ("features", "scorer", "aggregator") for edge in ("in", "out"))
+                              ("features", "scorer", "aggregator", "fused")
+                              for edge in ("in", "out"))
 HIGHEST_US = 3_600_000_000  # an hour, in microseconds
 LEAD_S = 0.05  # the first request is due this long after start() returns
 

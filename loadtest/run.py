@@ -19,7 +19,7 @@ import numpy as np
 
 from loadtest import environment
 from loadtest.arrivals import Schedule
-from loadtest.replay import ProgressSink, replay
+from loadtest.replay import Measurement, ProgressSink, replay
 from loadtest.summary import summarize
 from loadtest.system import TransportSystem
 from loadtest.target import Target
@@ -49,6 +49,16 @@ async def measure(target: Target, traffic: Traffic, schedule: Schedule, opts: Ru
                   progress: ProgressSink | None = None, progress_interval_s: float = 1.0,
                   stop: asyncio.Event | None = None) -> dict[str, Any]:
     """Replay ``schedule`` against ``target``; return the RUN document (without environment)."""
+    m, send_errors = await replay_target(target, traffic, schedule, opts, progress=progress,
+                                         progress_interval_s=progress_interval_s, stop=stop)
+    return run_document(m, traffic, opts, send_errors)
+
+
+async def replay_target(target: Target, traffic: Traffic, schedule: Schedule, opts: RunOptions,
+                        *, progress: ProgressSink | None = None,
+                        progress_interval_s: float = 1.0, stop: asyncio.Event | None = None,
+                        ) -> tuple[Measurement, int]:
+    """Replay ``schedule`` against ``target``: the raw measurement and the send errors."""
     system = TransportSystem(target.transport, traffic,
                              requests_topic=target.requests_topic,
                              results_topic=target.results_topic, tag=secrets.token_hex(4))
@@ -56,6 +66,12 @@ async def measure(target: Target, traffic: Traffic, schedule: Schedule, opts: Ru
                                                              opts.deadline_ms),
                      warmup_s=opts.warmup_s, timeout_s=opts.timeout_s, progress=progress,
                      progress_interval_s=progress_interval_s, stop=stop)
+    return m, system.send_errors
+
+
+def run_document(m: Measurement, traffic: Traffic, opts: RunOptions,
+                 send_errors: int) -> dict[str, Any]:
+    schedule = m.schedule
     doc: dict[str, Any] = {
         "kind": RUN_KIND, "version": DOC_VERSION,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -66,7 +82,7 @@ async def measure(target: Target, traffic: Traffic, schedule: Schedule, opts: Ru
                      "deadline_ms": opts.deadline_ms if opts.deadline_ms is not None
                      else "from the traffic file"},
         **summarize(m, traffic.n_candidates),
-        "send_errors": system.send_errors,
+        "send_errors": send_errors,
     }
     doc["slo"] = slo_verdict(doc, opts.slo_p99_ms)
     return doc

@@ -25,6 +25,9 @@ STAGES = (  # name, end stamp, start stamp (indices into replay.STAMPS; None = c
     ("scorer", 4, 3),
     ("queue to aggregator", 5, 4),
     ("aggregator", 6, 5),
+    ("queue before fused", 7, 0),  # the fused topology: features + scorer in one stage
+    ("fused", 8, 7),
+    ("queue to aggregator after fused", 5, 8),
 )
 MAX_SAMPLES = 4000
 
@@ -76,7 +79,8 @@ def stage_breakdown(m: Measurement, mask: np.ndarray) -> list[dict[str, Any]]:
     rows = [{"name": "client send lag", **_q(lag[answered])}]
     for name, end, start in STAGES:
         ok = answered & (st[:, end] > 0) & (st[:, start] > 0)
-        rows.append({"name": name, **_q((st[ok, end] - st[ok, start]).astype(np.float64))})
+        if ok.any():  # the stages of the topology that ran (three hops, or fused)
+            rows.append({"name": name, **_q((st[ok, end] - st[ok, start]).astype(np.float64))})
     back = answered & (st[:, 6] > 0)
     received_ms = m.wall0_ms + (m.received_s - m.t0) * 1000.0
     rows.append({"name": "back to client", **_q(received_ms[back] - st[back, 6])})

@@ -16,7 +16,7 @@ import gc
 import math
 import sys
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from loadtest import arrivals
 from loadtest.progress import Progress
@@ -27,6 +27,14 @@ from workers.settings import Settings
 
 MAX_DEGRADED = 0.01  # share of partial + expired answers a passing step may have
 MAX_BACKLOG_GROWTH = 0.02  # backlog slope a passing step may have, as a share of the rate
+
+
+class StepProbe(Protocol):
+    """Something measured around each step (e.g. the workers' CPU); kept in the step."""
+
+    async def begin(self) -> None: ...
+
+    async def end(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ def next_rate(plan: SweepPlan, passed: list[float], failed: list[float]) -> floa
 async def sweep(settings: Settings, traffic: Traffic, plan: SweepPlan, opts: RunOptions, *,
                 with_workers: bool, progress_mode: str = "auto",
                 progress_interval_s: float | None = None, stop: asyncio.Event | None = None,
-                cooldown_s: float = 1.0) -> dict[str, Any]:
+                cooldown_s: float = 1.0, probe: StepProbe | None = None) -> dict[str, Any]:
     assert opts.slo_p99_ms is not None
     steps: list[dict[str, Any]] = []
     passed: list[float] = []
@@ -116,15 +124,20 @@ async def sweep(settings: Settings, traffic: Traffic, plan: SweepPlan, opts: Run
             phase = ("step up" if not failed else "step down" if not passed else "bisect")
             schedule = arrivals.plan(traffic.at_ms, rate=rate, arrival=plan.arrival,
                                      duration_s=plan.step_s, seed=plan.seed + len(steps))
+            if probe is not None:
+                await probe.begin()
             with Progress(progress_mode, label=f"step {len(steps) + 1} {rate:,.0f}/s",
                           interval_s=progress_interval_s) as pr:
                 run = await measure(target, traffic, schedule, opts, progress=pr,
                                     progress_interval_s=pr.interval_s, stop=stop)
+            probed = await probe.end() if probe is not None else None
             if run["summary"]["interrupted"]:
                 break
             reasons = judge(run, opts.slo_p99_ms, rate)
             (failed if reasons else passed).append(rate)
             steps.append(_step(run, rate, phase, reasons))
+            if probed is not None:
+                steps[-1]["probe"] = probed
             print(_step_line(len(steps), steps[-1]), file=sys.stderr, flush=True)
             rate = next_rate(plan, passed, failed)
             if rate is not None:

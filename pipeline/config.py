@@ -33,7 +33,7 @@ class KafkaSection:
     bootstrap: str = "127.0.0.1:9092"  # host:port[,host:port], or memory://NAME
     client_id: str = "adstream"  # Kafka client id of every consumer and producer
     group_prefix: str = "adstream"  # consumer groups are named PREFIX-ROLE
-    linger_ms: int = 5  # producer: wait this long to fill a batch
+    linger_ms: int = 0  # producer: wait this long to fill a batch (0: send at once; batches still form while a send is in flight)
     max_batch_bytes: int = 1024 * 1024  # producer batch size (1 MB: the broker's CPU per request)
     compression: str = "none"  # none, gzip (lz4/zstd need their Python packages)
     session_timeout_ms: int = 10_000  # a member silent this long leaves the group
@@ -178,6 +178,28 @@ def load_config(
             continue
         _apply(settings, table, key, value.strip(), f"--set {item}")
     return settings
+
+
+def to_toml(settings: Any) -> str:
+    """``settings`` (a dataclass of section dataclasses) as a TOML file ``load_config`` reads
+    back to the same values: how a tool hands its resolved settings to processes it starts."""
+    lines = []
+    for table, section_cls in _sections(type(settings)).items():
+        lines.append(f"[{table}]")
+        section = getattr(settings, table)
+        for key in get_type_hints(section_cls):
+            if key == "CHOICES":
+                continue
+            value = getattr(section, key)
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, int | float):
+                text = repr(value)
+            else:
+                text = json.dumps(str(value))  # a JSON string is a valid TOML basic string
+            lines.append(f"{key} = {text}")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _comments(section_cls: type[Any]) -> dict[str, str]:

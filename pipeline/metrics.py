@@ -93,7 +93,10 @@ CATALOG: dict[str, tuple[str, str]] = {
 HANDLER_COUNTS = ("expired", "rejected", "partial", "duplicates")
 LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0, 10.0,
                    30.0)
-ROW_BUCKETS = tuple(float(2 ** i) for i in range(15))  # 1 .. 16384
+# 1, 2, 4 .. 16384 with a step between powers of two from 16 on (batch sizes near the
+# preferred sizes are told apart, and the benchmark can time the model at formed sizes)
+ROW_BUCKETS = tuple(sorted({float(2 ** i) for i in range(15)}
+                           | {float(3 * 2 ** i) for i in range(3, 13)}))
 
 
 def sample_names() -> set[str]:

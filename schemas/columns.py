@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ from schemas.errors import SchemaError
 
 # Only fixed-width numeric types travel; strings become ids before they reach a column.
 ALLOWED_DTYPES = frozenset({"<f4", "<f8", "<i4", "<i8", "<u8", "|u1", "|i1", "|b1"})
+_DTYPES = {name: np.dtype(name) for name in ALLOWED_DTYPES}
 
 
 def encode_array(arr: np.ndarray) -> list[Any]:
@@ -39,7 +41,7 @@ def decode_array(
         raise SchemaError(field, f"unsupported dtype {dt!r}; allowed: {sorted(ALLOWED_DTYPES)}")
     if dtype is not None and dt != dtype:
         raise SchemaError(field, f"dtype {dt} where {dtype} is required")
-    if kinds is not None and np.dtype(dt).kind not in kinds:
+    if kinds is not None and _DTYPES[dt].kind not in kinds:
         raise SchemaError(field, f"dtype {dt} is not one of the kinds {kinds!r}")
     if not isinstance(shape, (list, tuple)) or not all(
         isinstance(d, int) and d >= 0 for d in shape
@@ -49,8 +51,8 @@ def decode_array(
         raise SchemaError(field, f"expected {ndim} dimension(s), got shape {list(shape)}")
     if not isinstance(buf, (bytes, bytearray, memoryview)):
         raise SchemaError(field, "column data must be binary")
-    np_dt = np.dtype(dt)
-    expected = int(np.prod(shape, dtype=np.int64)) * np_dt.itemsize
+    np_dt = _DTYPES[dt]
+    expected = math.prod(shape) * np_dt.itemsize
     if len(buf) != expected:
         raise SchemaError(
             field, f"{len(buf)} bytes for shape {list(shape)} of {dt} (needs {expected})"
