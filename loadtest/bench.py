@@ -74,7 +74,7 @@ class BenchPlan:
     recovery_s: float = 20.0
     recovery_window_s: float = 1.0
     limit_s: float = 1.0  # seconds of model timing per batch size
-    warm_s: float = 5.0  # traffic at the start rate before anything is measured
+    warm_s: float = 10.0  # traffic at the start rate before anything is measured (JIT, caches)
     partitions: int = 4
     fused: bool = False
     seed: int = 0

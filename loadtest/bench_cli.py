@@ -91,7 +91,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="seconds at the steady rate after the overload")
     b.add_argument("--limit-s", type=float, default=1.0,
                    help="seconds of raw model timing per batch size")
-    b.add_argument("--warm-s", type=float, default=5.0,
+    b.add_argument("--warm-s", type=float, default=10.0,
                    help="seconds of traffic at --start-rate before anything is measured")
     b.add_argument("--partitions", type=int, default=4)
     b.add_argument("--fused", action="store_true",

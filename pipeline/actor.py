@@ -93,6 +93,7 @@ class ActorSettings:
     dlq_topic: str = "ads.dlq"
     max_in_flight: int = 2000
     resume_in_flight: int = 1000
+    max_in_flight_bytes: int = 4 * 1024 * 1024
     commit_interval_ms: int = 200
     poll_ms: int = 50
     drain_timeout_s: float = 10.0
@@ -189,7 +190,8 @@ class Actor:
         self._consumer = self.transport.consumer(s.input_topics, s.group_id, listener=self,
                                                  read_committed=s.exactly_once)
         self._flow = FlowControl(self._consumer, s.max_in_flight, s.resume_in_flight,
-                                 on_pause=self._paused, on_resume=self._resumed)
+                                 on_pause=self._paused, on_resume=self._resumed,
+                                 high_bytes=s.max_in_flight_bytes)
         for m in self.middleware:
             m.on_start(self)
         try:
@@ -240,7 +242,7 @@ class Actor:
     def _start(self, rec: Record, lane: _Lane, tg: asyncio.TaskGroup) -> None:
         assert self._flow is not None
         self.tracker.start(rec.tp, rec.offset)
-        self._flow.started()
+        self._flow.started(1, len(rec.value))
         self.stats.consumed += 1
         prev = lane.tail
         mine: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -294,7 +296,7 @@ class Actor:
         finally:
             if not mine.done():
                 mine.set_result(False)  # never block the next record of the lane
-            self._flow.finished()
+            self._flow.finished(1, len(rec.value))
             self._idle.set()
 
     async def emit(self, msgs: list[Outgoing], source: TP | None = None) -> None:

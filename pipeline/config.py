@@ -36,6 +36,8 @@ class KafkaSection:
     linger_ms: int = 0  # producer: wait this long to fill a batch (0: send at once; batches still form while a send is in flight)
     max_batch_bytes: int = 1024 * 1024  # producer batch size (1 MB: the broker's CPU per request)
     compression: str = "none"  # none, gzip (lz4/zstd need their Python packages)
+    fetch_max_bytes: int = 2 * 1024 * 1024  # consumer: largest fetch response (bounds prefetched memory)
+    partition_fetch_bytes: int = 1024 * 1024  # consumer: per partition in one fetch (a larger message still comes)
     session_timeout_ms: int = 10_000  # a member silent this long leaves the group
     max_poll_interval_ms: int = 300_000  # a member that does not poll this long leaves the group
 
@@ -45,6 +47,8 @@ class KafkaSection:
             "linger_ms": self.linger_ms,
             "max_batch_bytes": self.max_batch_bytes,
             "compression": None if self.compression == "none" else self.compression,
+            "fetch_max_bytes": self.fetch_max_bytes,
+            "partition_fetch_bytes": self.partition_fetch_bytes,
             "session_timeout_ms": self.session_timeout_ms,
             "max_poll_interval_ms": self.max_poll_interval_ms,
         }
@@ -56,6 +60,7 @@ class ActorSection:
 
     max_in_flight: int = 2000  # pause partitions at this many fetched-but-unfinished records
     resume_in_flight: int = 1000  # resume below this many
+    max_in_flight_bytes: int = 4 * 1024 * 1024  # ... or at this many bytes of their values (resume at half)
     commit_interval_ms: int = 200  # how often watermarks that moved are committed
     drain_timeout_s: float = 10.0  # on SIGTERM: wait this long for in-flight work, then abandon
     revoke_timeout_s: float = 5.0  # on rebalance: wait this long for revoked partitions' work

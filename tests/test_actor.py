@@ -146,6 +146,31 @@ async def test_in_flight_budget_pauses_and_resumes_partitions(transport) -> None
     await task
 
 
+async def test_in_flight_bytes_bound_memory_whatever_the_record_count(transport) -> None:
+    """Big records pause the partitions at the byte budget long before the record budget."""
+    handler = Echo()
+    handler.release.clear()
+    await _produce(transport, [b"slow" + b"x" * 996] * 50)
+    actor = Actor(transport, handler, ActorSettings("g", ["in"], dlq_topic="dlq",
+                                                    max_in_flight=1000, resume_in_flight=500,
+                                                    max_in_flight_bytes=5000))
+    stop = asyncio.Event()
+    task = asyncio.create_task(actor.run(stop))
+    await asyncio.sleep(0.2)
+    assert actor._flow.paused
+    # one fetch may overshoot by its own records, never by more
+    assert 5000 <= actor._flow.in_flight_bytes <= 5000 + 1000 * actor.stats.consumed
+    consumed_when_paused = actor.stats.consumed
+    await asyncio.sleep(0.2)
+    assert actor.stats.consumed == consumed_when_paused  # nothing more fetched while paused
+    handler.release.set()
+    while actor.stats.produced < 50:
+        await asyncio.sleep(0.01)
+    assert not actor._flow.paused and actor._flow.in_flight_bytes == 0
+    stop.set()
+    await task
+
+
 async def test_revoked_partition_is_finished_and_committed_before_release(transport) -> None:
     await _produce(transport, [f"m{i}".encode() for i in range(100)], 0)
     await _produce(transport, [f"m{i}".encode() for i in range(100)], 1)

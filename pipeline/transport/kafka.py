@@ -33,7 +33,7 @@ class KafkaOptions:
     """Client settings the runtime exposes in its configuration."""
 
     client_id: str = "adstream"
-    linger_ms: int = 5
+    linger_ms: int = 0
     max_batch_bytes: int = 1024 * 1024
     max_request_bytes: int = 8 * 1024 * 1024
     compression: str | None = None
@@ -41,7 +41,8 @@ class KafkaOptions:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
-    fetch_max_bytes: int = 16 * 1024 * 1024
+    fetch_max_bytes: int = 2 * 1024 * 1024
+    partition_fetch_bytes: int = 1024 * 1024
     isolation_level: str = "read_uncommitted"
 
 
@@ -87,7 +88,7 @@ class KafkaConsumer(Consumer):
             heartbeat_interval_ms=opts.heartbeat_interval_ms,
             max_poll_interval_ms=opts.max_poll_interval_ms,
             fetch_max_bytes=opts.fetch_max_bytes,
-            max_partition_fetch_bytes=opts.max_request_bytes,
+            max_partition_fetch_bytes=opts.partition_fetch_bytes,
             isolation_level="read_committed" if read_committed else opts.isolation_level,
             request_timeout_ms=opts.request_timeout_ms,
         )
