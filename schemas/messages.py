@@ -7,6 +7,8 @@ others. Per-candidate data is columnar (see :mod:`schemas.columns`).
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -408,6 +410,36 @@ def check_schema(value: Any, type_name: str) -> None:
     if major != str(MAJOR):
         raise SchemaError("schema", f"version {version!r} is not supported; this reader "
                                     f"accepts major version {MAJOR}")
+
+
+@dataclass(frozen=True)
+class RequestAddress:
+    """What answering a request needs: its id, where to reply, how many candidates."""
+
+    request_id: str
+    reply_to: str | None
+    n_candidates: int
+
+
+def peek_request(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+                 ) -> RequestAddress | None:
+    """The address of a ScoreRequest without validating its columns (about 8 µs instead of
+    70 µs for 100 candidates), for answering one that is already past its deadline; None
+    when the envelope itself is not right (then the full decode says why)."""
+    if len(data) > max_bytes:
+        return None
+    try:
+        d = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        check_schema(d.get("schema"), ScoreRequest.TYPE)
+    except Exception:  # noqa: BLE001 - anything wrong: the full decode explains it
+        return None
+    rid, reply_to = d.get("request_id"), d.get("reply_to")
+    if not isinstance(rid, str) or not rid or not (reply_to is None or isinstance(reply_to, str)):
+        return None
+    n = 0
+    with contextlib.suppress(Exception):
+        n = int(d["candidates"]["ad_id"][1][0])
+    return RequestAddress(rid, reply_to, n)
 
 
 def decode(data: bytes, cls: type[M], *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> M:

@@ -134,3 +134,24 @@ def test_json_form_accepts_rows_or_columns_and_names_bad_values() -> None:
     with pytest.raises(SchemaError) as info:
         request_from_json(bad, 0)
     assert info.value.field == "candidates.ad_id[1]"
+
+
+def test_peek_request_reads_the_address_without_the_columns() -> None:
+    import msgpack
+
+    from schemas.messages import peek_request
+
+    req = ScoreRequest("r-1", "u", {"ad_id": np.arange(7, dtype=np.int64),
+                                    "bid": np.ones(7, np.float32)}, reply_to="mine")
+    addr = peek_request(encode(req))
+    assert addr is not None and (addr.request_id, addr.reply_to, addr.n_candidates) == (
+        "r-1", "mine", 7)
+    # an envelope that is not a ScoreRequest, or has no usable id, is left to the full decode
+    assert peek_request(b"{not msgpack") is None
+    assert peek_request(msgpack.packb({"schema": "ads.ScoreChunk/1.0", "request_id": "x"})) is None
+    assert peek_request(msgpack.packb({"schema": "ads.ScoreRequest/1.0", "request_id": 5})) is None
+    assert peek_request(encode(req), max_bytes=10) is None
+    # broken columns do not stop the address from being read (n unknown: 0)
+    d = msgpack.unpackb(encode(req))
+    d["candidates"] = "junk"
+    assert peek_request(msgpack.packb(d)) == type(addr)("r-1", "mine", 0)

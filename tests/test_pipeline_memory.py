@@ -69,9 +69,12 @@ async def test_expired_requests_are_answered_expired(settings) -> None:
     reqs = _requests(5, seed=12)
     for r in reqs:
         r.deadline_ms = int(time.time() * 1000) - 1
-    results, _, _ = await _serve(settings, reqs)
+    results, _, actors = await _serve(settings, reqs)
     assert {r.status for r in results.values()} == {"expired"}
     assert len(results) == 5
+    assert all(results[r.request_id].n_candidates == r.n_candidates for r in reqs)
+    features = next(a for a in actors if a.handler.name == "features")
+    assert features.handler.expired == 5
 
 
 async def test_fused_features_and_scorer_give_the_same_answers(settings, model_repo) -> None:

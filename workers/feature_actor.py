@@ -8,7 +8,14 @@ from pipeline import headers as H
 from pipeline.actor import Handler
 from pipeline.transport.base import Outgoing, Record, Transport
 from schemas.errors import SchemaError
-from schemas.messages import FeatureChunk, ScoreRequest, decode, encode, schema_name
+from schemas.messages import (
+    FeatureChunk,
+    ScoreRequest,
+    decode,
+    encode,
+    peek_request,
+    schema_name,
+)
 from workers.features import FeaturePipeline
 from workers.replies import dead_letter, status_result
 from workers.settings import Settings
@@ -50,6 +57,9 @@ class FeatureActor(Handler):
 
     async def chunks(self, record: Record) -> tuple[list[FeatureChunk], dict[str, bytes]] | Outgoing:
         """The request's FeatureChunks and their headers, or the ``expired`` reply."""
+        late = await self._expired_early(record)
+        if late is not None:
+            return late
         req = decode(record.value, ScoreRequest, max_bytes=self.s.actor.max_message_bytes)
         if req.reply_to is not None and not await self._topic_exists(req.reply_to):
             raise SchemaError("reply_to", f"topic {req.reply_to!r} does not exist",
@@ -88,6 +98,24 @@ class FeatureActor(Handler):
                 ad_id=ad_id[sl], bid=bid[sl], dense=dense[sl], sparse=sparse[sl],
             ))
         return chunks, headers
+
+    async def _expired_early(self, record: Record) -> Outgoing | None:
+        """The ``expired`` reply for a request whose deadline header has passed, read from
+        its envelope alone: under overload most of the backlog is shed here, so this path
+        skips validating the columns (a tenth of the cost of a full decode)."""
+        deadline = H.int_header(record.headers, H.DEADLINE_MS)
+        if deadline is None or deadline > time.time() * 1000:
+            return None
+        addr = peek_request(record.value, max_bytes=self.s.actor.max_message_bytes)
+        if addr is None or (addr.reply_to is not None
+                            and not await self._topic_exists(addr.reply_to)):
+            return None  # the full decode names what is wrong
+        self.expired += 1
+        headers = dict(record.headers)
+        headers.setdefault(H.TRACE_ID, addr.request_id.encode())
+        return status_result(addr.request_id, "expired", self._reply_topic(addr.reply_to),
+                             reason="deadline passed before feature extraction",
+                             n_candidates=addr.n_candidates, headers=headers)
 
     def dead_letter(self, record: Record, error: Exception) -> Outgoing:
         return dead_letter(record, error, self.name, self.s.topics.dlq)
