@@ -124,10 +124,12 @@ class Probe:
     """CPU seconds of every process and the scorer's batch sizes around one measurement."""
 
     workers: WorkerSet
-    pids: dict[str, int]
+    pids: dict[str, int]  # every process measured (workers, broker, load generator)
+    worker_pids: dict[str, int]  # whose memory is watched
     scorer_role: str
     _cpu: CpuMeter | None = None
     _hist: RowHistogram | None = None
+    _rss: RssSampler | None = None
 
     async def _histogram(self) -> RowHistogram:
         text = await asyncio.to_thread(self.workers.by_role(self.scorer_role).metrics_text)
@@ -137,13 +139,17 @@ class Probe:
         self._hist = await self._histogram()
         self._cpu = CpuMeter(self.pids)
         self._cpu.start()
+        self._rss = RssSampler(self.worker_pids)
+        self._rss.start()
 
     async def end(self) -> dict[str, Any]:
-        assert self._cpu is not None and self._hist is not None
+        assert self._cpu is not None and self._hist is not None and self._rss is not None
         cpu = self._cpu.stop()
+        await self._rss.stop()
         hist = (await self._histogram()).minus(self._hist)
         return {"cpu_s": cpu, "batch_rows": {"batches": hist.batches, "rows": hist.rows,
                                              "buckets": _json_buckets(hist)},
+                "rss_peak_bytes": {n: self._rss.peak(n) for n in self.worker_pids},
                 "_hist": hist}
 
 
@@ -171,16 +177,23 @@ class RssSampler:
                     self.samples[name].append((now, rss))
             await asyncio.sleep(self.interval_s)
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[RssSampler]:
+    def start(self) -> None:
         self.t0 = time.monotonic()
         self._task = asyncio.create_task(self._run())
-        try:
-            yield self
-        finally:
+
+    async def stop(self) -> None:
+        if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[RssSampler]:
+        self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
 
     def peak(self, name: str) -> int:
         return max((r for _, r in self.samples[name]), default=0)
@@ -203,15 +216,14 @@ def _cores(cpu: dict[str, float | None]) -> dict[str, float | None]:
 
 
 async def _steady(settings: Settings, traffic: Traffic, plan: BenchPlan, rate: float,
-                  probe: Probe, rss: RssSampler, stop: asyncio.Event | None) -> dict[str, Any]:
+                  probe: Probe, stop: asyncio.Event | None) -> dict[str, Any]:
     schedule = arrivals.plan(traffic.at_ms, rate=rate, arrival="poisson",
                              duration_s=plan.steady_s, seed=plan.seed + 1000)
     opts = RunOptions(warmup_s=min(plan.warmup_s, plan.steady_s / 4), timeout_s=10.0,
                       deadline_ms=plan.deadline_ms, slo_p99_ms=plan.slo_p99_ms)
     async with open_target(settings, with_workers=False, stop=stop) as target:
         await probe.begin()
-        async with rss.running():
-            run = await measure(target, traffic, schedule, opts, stop=stop)
+        run = await measure(target, traffic, schedule, opts, stop=stop)
         probed = await probe.end()
     sent = run["summary"]["sent"]
     lat = run["latency_ms"]
@@ -221,7 +233,7 @@ async def _steady(settings: Settings, traffic: Traffic, plan: BenchPlan, rate: f
             "stages": run["stages"], "cpu_s": probed["cpu_s"], "cores": _cores(probed["cpu_s"]),
             "cpu_ms_per_request": _cpu_per_request(probed["cpu_s"], sent),
             "batch_rows": probed["batch_rows"],
-            "rss_bytes": {name: rss.peak(name) for name in rss.pids}}
+            "rss_bytes": probed["rss_peak_bytes"]}
 
 
 def _overload_schedule(traffic: Traffic, plan: BenchPlan, found: float) -> arrivals.Schedule:
@@ -395,7 +407,7 @@ async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "au
             pids[BROKER] = broker.pid
         pids[GENERATOR] = os.getpid()
         scorer_role = "fused" if plan.fused else "scorer"
-        probe = Probe(workers, pids, scorer_role)
+        probe = Probe(workers, pids, worker_pids, scorer_role)
 
         opts = RunOptions(warmup_s=plan.warmup_s, timeout_s=10.0, deadline_ms=plan.deadline_ms,
                           slo_p99_ms=plan.slo_p99_ms)
@@ -423,9 +435,12 @@ async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "au
 
         print(f"steady state at {plan.steady_fraction:.0%} of {found:,.0f}/s …",
               file=sys.stderr, flush=True)
-        rss = RssSampler(worker_pids)
-        steady = await _steady(s, traffic, plan, found * plan.steady_fraction, probe, rss, stop)
-        steady.pop("_hist", None)
+        steady = await _steady(s, traffic, plan, found * plan.steady_fraction, probe, stop)
+        # steady-state memory: the peak while the pipeline met its bound (passing sweep steps
+        # and the steady phase), what the overload is compared with
+        steady_rss = {n: max([steady["rss_bytes"][n]] + [
+            st["probe"]["rss_peak_bytes"][n] for st in sweep_doc["steps"]
+            if st["passed"] and "probe" in st]) for n in worker_pids}
         _check_alive(workers)
 
         overload = None
@@ -434,8 +449,7 @@ async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "au
                   f"{found * plan.overload_factor:,.0f}/s for {plan.overload_s:g} s, then "
                   f"{found * plan.steady_fraction:,.0f}/s for {plan.recovery_s:g} s …",
                   file=sys.stderr, flush=True)
-            overload = await _overload(s, traffic, plan, found, steady["rss_bytes"],
-                                       worker_pids, stop)
+            overload = await _overload(s, traffic, plan, found, steady_rss, worker_pids, stop)
             _check_alive(workers)
         await asyncio.to_thread(workers.stop)
         workers = None

@@ -8,7 +8,6 @@ others. Per-candidate data is columnar (see :mod:`schemas.columns`).
 from __future__ import annotations
 
 import contextlib
-
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
