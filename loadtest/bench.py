@@ -43,7 +43,7 @@ from loadtest.processes import CpuMeter, WorkerSet, listening_pid, rss_bytes
 from loadtest.replay import STATUSES
 from loadtest.run import RunOptions, measure, replay_target, run_document
 from loadtest.sweep import SweepPlan, steps_table, sweep
-from loadtest.target import open_target
+from loadtest.target import ensure_model, open_target
 from loadtest.traffic import Traffic
 from workers.settings import Settings
 
@@ -385,7 +385,7 @@ async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "au
     workers: WorkerSet | None = None
     try:
         s = bench_settings(settings, plan, broker.bootstrap)
-        _ensure_model(s)
+        ensure_model(s)
         spec = load_model(Path(s.scorer.model_repo), s.scorer.model, s.scorer.version or None)
         max_rows = s.scorer.max_batch_rows or spec.config.max_batch_rows
         print(f"generating {plan.requests} requests with {plan.candidates} candidates …",
@@ -501,15 +501,6 @@ def _check_alive(workers: WorkerSet) -> None:
         logs = "\n".join(f"--- {w.role}\n{w.log_tail(1500)}" for w in workers.workers)
         raise BenchError(f"worker process(es) exited during the benchmark: {', '.join(dead)}\n"
                          + logs)
-
-
-def _ensure_model(settings: Settings) -> None:
-    repo = Path(settings.scorer.model_repo)
-    if not (repo / settings.scorer.model / "config.toml").exists():
-        from workers.model_build import build_reference_model
-
-        path = build_reference_model(repo, name=settings.scorer.model)
-        print(f"built the reference model: {path}", file=sys.stderr)
 
 
 def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:

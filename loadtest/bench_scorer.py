@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from loadtest.model_limit import random_rows
 from pipeline.actor import Actor, ActorSettings
 from pipeline.batcher import DynamicBatcher
 from pipeline.logs import configure
@@ -58,15 +59,6 @@ def _options(args: argparse.Namespace) -> dict[str, object]:
     if args.backend == "cupy":
         return {"dtype": args.dtype, "cuda_graphs": args.cuda_graphs}
     return {"intra_op_threads": 1}
-
-
-def random_rows(spec: ModelSpec, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    c = spec.config
-    dense = rng.normal(0, 1, (n, len(c.dense_features))).astype(np.float32)
-    sparse = (rng.integers(0, 2**62, (n, len(c.sparse_features)))
-              % np.array(c.sparse_buckets)).astype(np.int64)
-    return dense, sparse
 
 
 async def _pipeline(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray,

@@ -59,7 +59,7 @@ async def open_target(settings: Settings, *, with_workers: bool,
     roles_stop = asyncio.Event()
     try:
         if with_workers:
-            _ensure_model(settings)
+            ensure_model(settings)
             await ensure_topics(settings, transport)
             ready = asyncio.Event()
             roles = asyncio.create_task(run_roles(ROLES, settings, roles_stop, transport, ready))
@@ -97,7 +97,7 @@ async def _wait_ready(ready: asyncio.Event, roles: asyncio.Task[object],
                           f"{READY_TIMEOUT_S:.0f} s")
 
 
-def _ensure_model(settings: Settings) -> None:
+def ensure_model(settings: Settings) -> None:
     repo = Path(settings.scorer.model_repo)
     if not (repo / settings.scorer.model / "config.toml").exists():
         from workers.model_build import build_reference_model
