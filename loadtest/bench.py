@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime
 import math
 import os
@@ -31,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -319,7 +320,6 @@ class Broker:
     bootstrap: str
     pid: int | None
     started: Any = None  # kafka_local.LocalBroker when this run started it
-    data_dir: Path | None = None
 
 
 async def _broker(settings: Settings, tmp: Path) -> Broker:
@@ -334,12 +334,11 @@ async def _broker(settings: Settings, tmp: Path) -> Broker:
         return Broker(url, _local_pid(url))
     print(f"no Kafka broker answers at {url}; starting one for the benchmark (the first start "
           "downloads Kafka from Maven Central, once) …", file=sys.stderr, flush=True)
-    data_dir = tmp / "kafka"
     try:
-        b = await asyncio.to_thread(kafka_local.start_broker, None, data_dir)
+        b = await asyncio.to_thread(kafka_local.start_broker, None, tmp / "kafka")
     except kafka_local.KafkaSetupError as e:
         raise BenchError(str(e)) from None
-    return Broker(b.bootstrap, b.pid, b, data_dir)
+    return Broker(b.bootstrap, b.pid, b)
 
 
 def _local_pid(bootstrap: str) -> int | None:
@@ -352,7 +351,7 @@ def _local_pid(bootstrap: str) -> int | None:
 
 def bench_settings(settings: Settings, plan: BenchPlan, bootstrap: str) -> Settings:
     """``settings`` on fresh topics and groups of their own (nothing left from earlier runs)."""
-    s = Settings(**{k: replace(getattr(settings, k)) for k in settings.__dataclass_fields__})
+    s = copy.deepcopy(settings)
     prefix = f"bench-{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
     s.kafka.bootstrap = bootstrap
     s.kafka.group_prefix = prefix

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 def cmd_bench(args: argparse.Namespace) -> int:
     from loadtest.bench import BenchError, BenchPlan, bench, report_text
     from loadtest.processes import WorkerStartError
+    from loadtest.run import short_gc_pauses, write_json
     from loadtest.target import TargetError
     from pipeline import runner
     from pipeline.cli import settings_from_args
@@ -35,9 +36,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = settings_from_args(Settings, args)
 
     async def go(stop: asyncio.Event) -> dict[str, Any] | None:
-        from loadtest.commands import _short_gc_pauses
-
-        _short_gc_pauses()
+        short_gc_pauses()
         try:
             return await bench(settings, plan, progress_mode=args.progress, stop=stop,
                                keep_dir=Path(args.keep) if args.keep else None)
@@ -48,9 +47,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     doc = runner.run(go)
     if doc is None:
         return 2
-    doc["command"] = " ".join(["adstream", *sys.argv[2:]] if sys.argv[1:2] == ["bench"]
-                              else ["adstream bench"])
-    Path(args.out).write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    doc["command"] = shlex.join(["adstream", *sys.argv[1:]])
+    write_json(doc, Path(args.out))
     print(report_text(doc))
     print(f"wrote {args.out}", file=sys.stderr)
     if args.check_targets and not all(t["met"] for t in doc["targets"]):

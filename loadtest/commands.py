@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import shlex
 import sys
 from pathlib import Path
@@ -48,13 +47,6 @@ def _settings(args: argparse.Namespace) -> Any:
     return s
 
 
-def _short_gc_pauses() -> None:
-    """Collect the youngest objects more often than the workers' tuning does (runner.tune_gc):
-    a generator that sends thousands of requests a second stalls ~20 ms in each collection
-    of 50,000 young objects, and a stall shows up as client send lag in every latency."""
-    gc.set_threshold(10_000, 100, 20)
-
-
 def _command_line(args: argparse.Namespace, command: str) -> str:
     """The command with every option it ran with (defaults included), for the report."""
     parts = ["adstream", "loadtest", command, str(args.file)]
@@ -84,7 +76,7 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
 def cmd_replay(args: argparse.Namespace) -> int:
     from loadtest import arrivals
     from loadtest.progress import Progress
-    from loadtest.run import describe, measure, write_json
+    from loadtest.run import describe, measure, short_gc_pauses, write_json
     from loadtest.target import TargetError, open_target
     from loadtest.traffic import Traffic, TrafficError
     from pipeline import runner
@@ -107,7 +99,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     opts = _run_options(args)
 
     async def go(stop: asyncio.Event) -> dict[str, Any] | None:
-        _short_gc_pauses()
+        short_gc_pauses()
         try:
             async with open_target(settings, with_workers=args.with_workers, stop=stop) as t:
                 print(f"replaying {len(schedule)} requests ({schedule.description}, "
@@ -239,7 +231,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from loadtest.run import write_json
+    from loadtest.run import short_gc_pauses, write_json
     from loadtest.sweep import SweepPlan, print_steps, sweep
     from loadtest.target import TargetError
     from loadtest.traffic import Traffic, TrafficError
@@ -264,7 +256,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     opts = _run_options(args)
 
     async def go(stop: asyncio.Event) -> dict[str, Any] | None:
-        _short_gc_pauses()
+        short_gc_pauses()
         try:
             return await sweep(settings, traffic, plan, opts, with_workers=args.with_workers,
                                progress_mode=args.progress,

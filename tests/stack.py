@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas import ScoreResult, decode
 
@@ -122,6 +122,21 @@ class Stack:
 
     def results(self) -> list[ScoreResult]:
         return [decode(r.value, ScoreResult) for r in self.read_topic(self.topics["results"])]
+
+
+async def produce_requests(bootstrap: str, topic: str, reqs: list) -> None:
+    """Produce ``reqs`` as clients do (keys and headers: sent_ms, deadline, trace id)."""
+    from workers.client import request_message
+
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await p.start()
+    try:
+        for req in reqs:
+            msg = request_message(req, topic)
+            await p.send(msg.topic, msg.value, key=msg.key, headers=list(msg.headers.items()))
+        await p.flush()
+    finally:
+        await p.stop()
 
 
 async def _read_topic(bootstrap: str, topic: str, read_committed: bool = False) -> list:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import structlog
-from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
-from stack import ROLES, SLOW_SCORER, Stack
+from stack import ROLES, SLOW_SCORER, Stack, produce_requests
 
 from loadtest.generate import generate
 from pipeline.config import ConfigError
@@ -249,20 +248,8 @@ def _replay_and_check(stack: Stack, urls: dict[str, str]) -> None:
     scraper = Scraper(urls)
     scraper.start()
 
-    async def produce() -> None:
-        p = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, linger_ms=5)
-        await p.start()
-        try:
-            for req in reqs:  # with the client's headers (sent_ms: end-to-end latency)
-                msg = request_message(req, stack.topics["requests"])
-                await p.send(msg.topic, msg.value, key=msg.key,
-                             headers=list(msg.headers.items()))
-            await p.flush()
-        finally:
-            await p.stop()
-
     time.sleep(0.5)
-    asyncio.run(produce())
+    asyncio.run(produce_requests(stack.bootstrap, stack.topics["requests"], reqs))
     during = asyncio.run(_status(stack, list(urls.values())))  # the scorer is still busy
     deadline = time.monotonic() + 60
     while True:  # answered, committed, and the lag read after the last commit

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from stack import ROLES, SLOW_SCORER, Stack
+from stack import ROLES, SLOW_SCORER, Stack, produce_requests
 
 from loadtest.generate import generate
 from pipeline.config import ConfigError
@@ -35,7 +34,6 @@ from pipeline.status import (
 from pipeline.transport import TP, Outgoing
 from pipeline.transport.memory import MemoryBroker, MemoryTransport
 from schemas.json_form import request_from_json
-from workers.client import request_message
 
 # ---- pieces ----------------------------------------------------------------------------------
 
@@ -245,19 +243,7 @@ def _compare_during_and_after_a_replay(stack: Stack, tool: list[str]) -> None:
     reqs = [request_from_json(d, now) for d in generate(300, seed=4, candidates="uniform:20,200",
                                                         timeout_ms=120_000)]
 
-    async def produce() -> None:
-        p = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, linger_ms=5)
-        await p.start()
-        try:
-            for req in reqs:
-                msg = request_message(req, stack.topics["requests"])
-                await p.send(msg.topic, msg.value, key=msg.key,
-                             headers=list(msg.headers.items()))
-            await p.flush()
-        finally:
-            await p.stop()
-
-    asyncio.run(produce())
+    asyncio.run(produce_requests(stack.bootstrap, stack.topics["requests"], reqs))
     deadline = time.monotonic() + 30
     while True:  # mid-replay: the scorer has committed some chunks and lags behind
         by_role = {g.role: g for g in asyncio.run(_groups(stack))}

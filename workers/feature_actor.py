@@ -75,10 +75,7 @@ class FeatureActor(Handler):
         headers[H.DEADLINE_MS] = str(deadline).encode()
         headers.setdefault(H.TRACE_ID, req.request_id.encode())
         if deadline <= time.time() * 1000:
-            self.expired += 1
-            return status_result(req.request_id, "expired", self._reply_topic(req.reply_to),
-                                 reason="deadline passed before feature extraction",
-                                 n_candidates=n, headers=headers)
+            return self._expired(req.request_id, req.reply_to, n, headers)
         try:
             dense, sparse = self.pipeline(req)
         except SchemaError as e:
@@ -110,12 +107,16 @@ class FeatureActor(Handler):
         if addr is None or (addr.reply_to is not None
                             and not await self._topic_exists(addr.reply_to)):
             return None  # the full decode names what is wrong
-        self.expired += 1
         headers = dict(record.headers)
         headers.setdefault(H.TRACE_ID, addr.request_id.encode())
-        return status_result(addr.request_id, "expired", self._reply_topic(addr.reply_to),
+        return self._expired(addr.request_id, addr.reply_to, addr.n_candidates, headers)
+
+    def _expired(self, request_id: str, reply_to: str | None, n_candidates: int,
+                 headers: dict[str, bytes]) -> Outgoing:
+        self.expired += 1
+        return status_result(request_id, "expired", self._reply_topic(reply_to),
                              reason="deadline passed before feature extraction",
-                             n_candidates=addr.n_candidates, headers=headers)
+                             n_candidates=n_candidates, headers=headers)
 
     def dead_letter(self, record: Record, error: Exception) -> Outgoing:
         return dead_letter(record, error, self.name, self.s.topics.dlq)

@@ -54,8 +54,7 @@ def _split(source: str) -> tuple[str, str]:
     return scope, key
 
 
-def _scalar(req: ScoreRequest, user: dict[str, object], source: str) -> object:
-    scope, key = _split(source)
+def _scalar(req: ScoreRequest, user: dict[str, object], scope: str, key: str) -> object:
     return (user if scope == "user" else req.context).get(key)
 
 
@@ -81,8 +80,12 @@ class FeaturePlan:
         self.n_sparse, self.n_dense = n_sparse, n_dense
         self.scalar_ids = _Ids([c for c in categoricals if _split(c.source)[0] != "candidate"])
         self.column_ids = _Ids([c for c in categoricals if _split(c.source)[0] == "candidate"])
+        # (scope, key) of every source, split once here rather than per request
+        self.scalar_sources = [_split(c.source) for c in self.scalar_ids.specs]
+        self.column_keys = [_split(c.source)[1] for c in self.column_ids.specs]
         self.cross_levels = self._levels(categoricals, crosses)
         self.numerics = sorted(numerics, key=lambda n: n.column)
+        self.numeric_sources = [_split(n.source) for n in self.numerics]
         cols = [n.column for n in self.numerics]
         self.dense_order = np.array(cols, np.int64)
         inf = np.float32(np.inf)
@@ -92,6 +95,7 @@ class FeaturePlan:
         self.log1p = np.array([n.transform == "log1p" for n in self.numerics])
         std = np.array([n.transform == "standardize" for n in self.numerics])
         self.standardize = std
+        self.any_log1p, self.any_standardize = bool(self.log1p.any()), bool(std.any())
         self.mean = np.array([n.mean for n in self.numerics], np.float32)[std]
         self.std = np.array([n.std for n in self.numerics], np.float32)[std]
         self.defaults = [np.float32(n.default) for n in self.numerics]
@@ -102,14 +106,14 @@ class FeaturePlan:
         """Crosses grouped so that each group's parts are hashed before it and all its
         crosses have the same number of parts (one vectorized chain per group)."""
         done = {c.name for c in categoricals}
-        order = {c.name: i for i, c in enumerate(crosses)}
+        crossed = {c.name for c in crosses}
         left = list(crosses)
         levels: list[tuple[_Ids, list[tuple[str, ...]]]] = []
         while left:
             ready = [c for c in left if all(p in done for p in c.parts)]
             if not ready:
                 c = left[0]
-                missing = [p for p in c.parts if p not in done and p not in order]
+                missing = [p for p in c.parts if p not in done and p not in crossed]
                 raise ValueError(f"cross {c.name!r} needs {missing or list(c.parts)}, which "
                                  "no categorical or earlier cross defines")
             for n_parts in sorted({len(c.parts) for c in ready}):
@@ -129,7 +133,8 @@ class FeaturePlan:
 
         ids = self.scalar_ids
         if ids.specs:
-            h = hash_scalars([_scalar(req, user, s.source) for s in ids.specs])
+            h = hash_scalars([_scalar(req, user, scope, key)
+                              for scope, key in self.scalar_sources])
             sparse[:, ids.columns] = ids.bucket(h)
             for i, s in enumerate(ids.specs):
                 hashed[s.name] = h[i:i + 1]
@@ -138,8 +143,7 @@ class FeaturePlan:
         if ids.specs:
             raw = np.empty((n, len(ids.specs)), np.int64)
             absent = []
-            for j, s in enumerate(ids.specs):
-                key = _split(s.source)[1]
+            for j, key in enumerate(self.column_keys):
                 col = req.candidates.get(key)
                 if col is None:
                     absent.append(j)
@@ -171,18 +175,17 @@ class FeaturePlan:
         dense = np.empty((n, self.n_dense), dtype=np.float32)
         if self.numerics:
             x = np.empty((n, len(self.numerics)), np.float32)
-            for j, spec in enumerate(self.numerics):
-                scope, key = _split(spec.source)
+            for j, (scope, key) in enumerate(self.numeric_sources):
                 if scope == "candidate":
                     col = req.candidates.get(key)
                     x[:, j] = self.defaults[j] if col is None else col
                 else:
-                    x[:, j] = _number(_scalar(req, user, spec.source), spec)
+                    x[:, j] = _number(_scalar(req, user, scope, key), self.numerics[j])
             if self.clipped:
                 np.clip(x, self.lo, self.hi, out=x)
-            if self.log1p.any():
+            if self.any_log1p:
                 x[:, self.log1p] = np.log1p(np.maximum(x[:, self.log1p], np.float32(0)))
-            if self.standardize.any():
+            if self.any_standardize:
                 x[:, self.standardize] = (x[:, self.standardize] - self.mean) / self.std
             dense[:, self.dense_order] = x
         return dense, sparse

@@ -53,24 +53,19 @@ class FeaturePipeline:
                 raise FeatureConfigError(
                     f"{path}: the model needs {kind} features {missing} that [{kind}.NAME] "
                     "tables do not define")
-        firsts: list[Transform] = []
-        crosses: list[Transform] = []
         cat_specs: list[CategoricalSpec] = []
         cross_specs: list[CrossSpec] = []
         for col, (name, buckets) in enumerate(zip(sparse_names, sparse_buckets, strict=True)):
             entry = sparse_spec[name]
             try:
                 if "cross" in entry:
-                    parts = [str(p) for p in entry["cross"]]
-                    crosses.append(cross(name, parts, col, int(buckets)))
-                    cross_specs.append(CrossSpec(name, tuple(parts), col, int(buckets)))
+                    cross_specs.append(CrossSpec(name, tuple(str(p) for p in entry["cross"]),
+                                                 col, int(buckets)))
                 else:
-                    firsts.append(categorical(name, str(entry["source"]), col, int(buckets)))
                     cat_specs.append(CategoricalSpec(name, str(entry["source"]), col,
                                                      int(buckets)))
             except (KeyError, ValueError, TypeError) as e:
                 raise FeatureConfigError(f"{path}: sparse.{name}: {e}") from None
-        dense: list[Transform] = []
         num_specs: list[NumericSpec] = []
         for col, name in enumerate(dense_names):
             entry = dict(dense_spec[name])
@@ -78,16 +73,22 @@ class FeaturePipeline:
                 source = str(entry.pop("source"))
                 clip = entry.pop("clip", None)
                 bounds = None if clip is None else (float(clip[0]), float(clip[1]))
-                dense.append(numeric(name, source, col, clip=bounds, **entry))
                 num_specs.append(NumericSpec(name, source, col, clip=bounds, **entry))
             except (KeyError, ValueError, TypeError) as e:
                 raise FeatureConfigError(f"{path}: dense.{name}: {e}") from None
+        transforms = []
+        for spec in [*cat_specs, *cross_specs, *num_specs]:  # categoricals before crosses
+            try:
+                transforms.append(_reference(spec))
+            except (ValueError, TypeError) as e:
+                kind = "dense" if isinstance(spec, NumericSpec) else "sparse"
+                raise FeatureConfigError(f"{path}: {kind}.{spec.name}: {e}") from None
         try:
             plan = FeaturePlan(cat_specs, cross_specs, num_specs, len(sparse_names),
                                len(dense_names))
         except ValueError as e:
             raise FeatureConfigError(f"{path}: {e}") from None
-        return cls(firsts + crosses + dense, len(sparse_names), len(dense_names), plan)
+        return cls(transforms, len(sparse_names), len(dense_names), plan)
 
     def __call__(self, req: ScoreRequest) -> tuple[np.ndarray, np.ndarray]:
         """``(dense float32 [n, n_dense], sparse int64 [n, n_sparse])`` for all candidates."""
@@ -109,3 +110,13 @@ class FeaturePipeline:
         for t in self.transforms:
             t(batch)
         return batch.dense, batch.sparse
+
+
+def _reference(spec: CategoricalSpec | CrossSpec | NumericSpec) -> Transform:
+    """The one-feature transform of ``spec`` (validates its source and parameters)."""
+    if isinstance(spec, CrossSpec):
+        return cross(spec.name, list(spec.parts), spec.column, spec.buckets)
+    if isinstance(spec, CategoricalSpec):
+        return categorical(spec.name, spec.source, spec.column, spec.buckets)
+    return numeric(spec.name, spec.source, spec.column, transform=spec.transform,
+                   mean=spec.mean, std=spec.std, clip=spec.clip, default=spec.default)
