@@ -46,12 +46,11 @@ from loadtest.run import RunOptions, measure, replay_target, run_document
 from loadtest.sweep import SweepPlan, steps_table, sweep
 from loadtest.target import ensure_model, open_target
 from loadtest.traffic import Traffic
+from workers.roles import FUSED, THREE_HOPS
 from workers.settings import Settings
 
 BENCH_KIND = "adstream.bench"
 BENCH_VERSION = 1
-THREE_HOPS = ("features", "scorer", "aggregator")
-FUSED = ("fused", "aggregator")
 GENERATOR = "load generator"
 BROKER = "broker"
 TARGETS = {"ratio": 0.6, "steady_p99_ms": 20.0, "rss_growth": 1.5, "recovery_s": 10.0}

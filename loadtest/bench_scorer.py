@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.model_limit import random_rows
-from pipeline.actor import Actor, ActorSettings
+from pipeline.actor import Actor
 from pipeline.batcher import DynamicBatcher
+from pipeline.config import ActorSection
 from pipeline.logs import configure
 from pipeline.runner import tune_gc
 from pipeline.transport import Outgoing, open_transport
@@ -86,9 +87,9 @@ async def _pipeline(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray
                              max_wait_ms=args.max_wait_ms, max_queue_rows=4 * args.max_batch_rows)
     worker = ScoringWorker(s, batcher, len(spec.config.dense_features),
                            len(spec.config.sparse_features))
-    actor = Actor(transport, worker, ActorSettings(
-        "bench", [s.topics.features], max_in_flight=args.in_flight,
-        resume_in_flight=args.in_flight // 2))
+    actor = Actor(transport, worker, "bench", [s.topics.features], ActorSection(
+        max_in_flight=args.in_flight, resume_in_flight=args.in_flight // 2,
+        max_in_flight_bytes=64 * 1024 * 1024))
     stop = asyncio.Event()
     start = time.perf_counter()
     task = asyncio.create_task(actor.run(stop))

@@ -1,11 +1,13 @@
-"""The actor loop: consume, decode, handle, produce, commit the watermark.
+"""The actor loop: consume, hand each fetch to the handler as one batch, produce, commit.
 
-A handler turns one input record into output messages. The loop runs many records at once
-(up to the in-flight budget), produces each partition's outputs in input-offset order when
-the handler asks for it, and marks an input offset done only after Kafka acknowledged
-everything produced from it; the watermark of done offsets is what gets committed.
-A record the handler cannot process goes to the dead-letter topic, with the reason, and
-the partition moves on.
+The unit of work is a batch: the records of one fetch for one partition, in offset order.
+The handler returns what each input record produced, so ordering, dead-lettering and the
+commit watermark stay exact per record while the work itself (decode, features, scoring,
+encoding, producing) is done once per batch, on arrays. Several batches are in flight at
+once (up to the in-flight budget); each partition's outputs are produced in input-offset
+order when the handler asks for it, and an input offset is marked done only after Kafka
+acknowledged everything produced from it. A record the handler cannot process goes to the
+dead-letter topic with the reason, alone: its batch-mates go on.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
-from pipeline import headers as H
+from pipeline import headers
+from pipeline.config import ActorSection
 from pipeline.flow import FlowControl
 from pipeline.middleware import Middleware
 from pipeline.offsets import OffsetTracker
@@ -46,59 +50,55 @@ class PartitionLost(Exception):
     (its offset is not committed, so the partition's new owner redoes it)."""
 
 
-Emit = Callable[[list[Outgoing], TP | None], Awaitable[None]]
+@dataclass(slots=True)
+class Held:
+    """A record whose work finishes later: it is done when ``until`` resolves (abandoned when
+    ``until`` is cancelled). ``send`` are messages produced with the batch now; the actor
+    resolves ``until`` once they are acknowledged (the aggregator answers a request this way
+    from the record that completes it, and every earlier record of the request waits on the
+    same future)."""
+
+    until: asyncio.Future[None]
+    send: list[Outgoing] | None = None
+
+
+Result = list[Outgoing] | Exception | Held
+"""What one input record produced: its outputs, the reason it is dead-lettered, or Held."""
+
+Send = Callable[[list[Outgoing], TP | None], Awaitable[None]]
+"""Produce messages outside of a batch (a deadline watcher) and wait for the acknowledgement;
+the TP is the input partition they derive from (its transaction when exactly-once)."""
 
 
 class Handler(ABC):
-    """What a role does with one record. Subclasses live in ``workers``."""
+    """What a role does with a batch of records. Subclasses live in ``workers``."""
 
     name: str = "actor"
     #: produce each input partition's outputs in offset order (False: as they complete)
     ordered: bool = True
 
-    async def assigned(self, tps: set[TP]) -> None:
-        """``tps`` were assigned; called before any of their records is handled."""
+    @abstractmethod
+    async def handle(self, records: Sequence[Record]) -> list[Result]:
+        """One :data:`Result` per record, in order. A record's exception is returned, not
+        raised; an exception raised here fails the batch, which is then handled one record
+        at a time so that only the bad record is dead-lettered."""
 
-    async def open(self, tg: asyncio.TaskGroup, emit: Emit) -> None:
-        """Start background work (batchers, timers) under the actor's task group.
+    @abstractmethod
+    def dead_letter(self, record: Record, error: Exception) -> list[Outgoing]:
+        """What to produce when ``record`` is dead-lettered: the dead letter and, where the
+        client can be addressed, a ``rejected`` reply."""
 
-        ``emit(msgs, source)`` produces messages outside of ``handle`` and returns once Kafka
-        acknowledged them (a handler that holds records until something happens uses it);
-        ``source`` is the input partition they derive from (required for exactly-once).
-        """
+    async def open(self, tg: asyncio.TaskGroup, send: Send) -> None:
+        """Start background work (batchers, timers) under the actor's task group."""
 
     async def close(self) -> None:
         """Stop background work; called after the last record is done."""
 
-    @abstractmethod
-    async def handle(self, record: Record) -> list[Outgoing]:
-        """Outputs for ``record``; raise to send it to the dead-letter topic."""
+    async def assigned(self, tps: set[TP]) -> None:
+        """``tps`` were assigned; called before any of their records is handled."""
 
     def revoked(self, tps: set[TP]) -> None:
         """``tps`` are being taken away: abandon work that waits on more input from them."""
-
-    def rejected(self, record: Record, error: Exception) -> list[Outgoing]:
-        """Extra outputs when ``record`` is dead-lettered (e.g. a ``rejected`` reply)."""
-        return []
-
-    @abstractmethod
-    def dead_letter(self, record: Record, error: Exception) -> Outgoing:
-        """The dead-letter message for ``record`` (bad input raises a ValueError)."""
-
-
-@dataclass
-class ActorSettings:
-    group_id: str
-    input_topics: list[str]
-    dlq_topic: str = "ads.dlq"
-    max_in_flight: int = 2000
-    resume_in_flight: int = 1000
-    max_in_flight_bytes: int = 4 * 1024 * 1024
-    commit_interval_ms: int = 200
-    poll_ms: int = 50
-    drain_timeout_s: float = 10.0
-    revoke_timeout_s: float = 5.0
-    exactly_once: bool = False  # transactional outputs per input partition (Kafka only)
 
 
 @dataclass
@@ -107,45 +107,58 @@ class ActorStats:
     produced: int = 0
     dead_lettered: int = 0
     commits: int = 0
-    by_stage_ms: dict[str, float] = field(default_factory=dict)
+    batches: int = 0
 
 
+@dataclass(slots=True)
 class _Lane:
-    """Per-partition ordering of sends: each record waits for the previous one's sends."""
+    """Per-partition ordering of sends: each batch waits for the previous one's sends."""
 
-    __slots__ = ("tail", "tasks")
-
-    def __init__(self) -> None:
-        self.tail: asyncio.Future[bool] | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
+    tail: asyncio.Future[bool] | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class Actor:
     """Runs one handler as a member of a consumer group until ``stop`` is set."""
 
-    def __init__(self, transport: Transport, handler: Handler, settings: ActorSettings,
+    POLL_MS = 50
+
+    def __init__(self, transport: Transport, handler: Handler, group_id: str,
+                 input_topics: list[str], settings: ActorSection | None = None,
                  middleware: Sequence[Middleware] = ()) -> None:
         self.transport = transport
-        self.middleware = list(middleware)
         self.handler = handler
-        self.settings = settings
+        self.group_id = group_id
+        self.input_topics = list(input_topics)
+        self.settings = settings or ActorSection()
+        self.middleware = list(middleware)
         self.tracker = OffsetTracker()
         self.stats = ActorStats()
-        self.log = log.bind(actor=handler.name, group=settings.group_id)
+        self.log = log.bind(actor=handler.name, group=group_id)
         self._lanes: dict[TP, _Lane] = {}
         self._active: set[TP] = set()
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._flow: FlowControl | None = None
-        self._idle = asyncio.Event()
+        self._progress = asyncio.Event()  # set whenever a record settles (done or abandoned)
         self._commit_lock = asyncio.Lock()
         self.ready = asyncio.Event()
         self._tx: PartitionTransactions | None = None
-        if settings.exactly_once:
-            self._tx = PartitionTransactions(transport, settings.group_id,
-                                             f"{settings.group_id}.{handler.name}")
+        if self.settings.delivery == "exactly_once":
+            self._tx = PartitionTransactions(transport, group_id, f"{group_id}.{handler.name}")
 
-    # ---- rebalance listener -------------------------------------------------------------------
+    # ---- middleware -------------------------------------------------------------------------
+
+    def _hook(self, name: str, *args: Any) -> None:
+        """Call hook ``name`` of every middleware; a failing hook is logged, never fatal."""
+        for m in self.middleware:
+            try:
+                getattr(m, name)(self, *args)
+            except Exception as e:  # noqa: BLE001 - observability must not stop the work
+                self.log.error("middleware hook failed", hook=f"{type(m).__name__}.{name}",
+                               error=f"{type(e).__name__}: {e}")
+
+    # ---- rebalance listener -----------------------------------------------------------------
 
     async def on_assigned(self, tps: set[TP]) -> None:
         await self.handler.assigned(tps)
@@ -155,48 +168,54 @@ class Actor:
         if self._flow is not None:
             self._flow.reassigned()
         self.log.info("partitions assigned", partitions=sorted(map(str, tps)))
-        for m in self.middleware:
-            m.on_assigned(self, tps)
+        self._hook("on_assigned", tps)
         self.ready.set()
 
     async def on_revoked(self, tps: set[TP]) -> None:
         """Stop taking from ``tps``, finish (or, past the bound, abandon) their work, commit."""
         self._active -= tps
         self.handler.revoked(tps)
-        deadline = time.monotonic() + self.settings.revoke_timeout_s
-        while self.tracker.in_flight(tps) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        abandoned = 0
+        await self._settle(tps, self.settings.revoke_timeout_s)
+        abandoned = self.tracker.unsettled(tps)
         for tp in tps:
             lane = self._lanes.pop(tp, None)
             if lane is not None:
                 for task in list(lane.tasks):
-                    abandoned += 1
                     task.cancel()
         await self._commit(tps)
         if self._tx is not None:
             await self._tx.close(tps)
         self.tracker.forget(tps)
         self.log.info("partitions revoked", partitions=sorted(map(str, tps)), abandoned=abandoned)
-        for m in self.middleware:
-            m.on_revoked(self, tps)
+        self._hook("on_revoked", tps)
 
-    # ---- the loop -----------------------------------------------------------------------------
+    async def _settle(self, tps: set[TP] | None, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) until every started record of ``tps`` is settled."""
+        deadline = time.monotonic() + timeout_s
+        while self.tracker.unsettled(tps):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), left)
+
+    # ---- the loop ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         self._producer = self.transport.producer()
         await self._producer.start()
-        self._consumer = self.transport.consumer(s.input_topics, s.group_id, listener=self,
-                                                 read_committed=s.exactly_once)
+        self._consumer = self.transport.consumer(self.input_topics, self.group_id,
+                                                 listener=self,
+                                                 read_committed=self._tx is not None)
         self._flow = FlowControl(self._consumer, s.max_in_flight, s.resume_in_flight,
                                  on_pause=self._paused, on_resume=self._resumed,
                                  high_bytes=s.max_in_flight_bytes)
-        for m in self.middleware:
-            m.on_start(self)
+        self._hook("on_start")
         try:
             async with asyncio.TaskGroup() as tg:
-                await self.handler.open(tg, self.emit)
+                await self.handler.open(tg, self.send)
                 await self._consumer.start()
                 committer = tg.create_task(self._commit_periodically(stop))
                 await self._fetch_until(stop, tg)
@@ -210,127 +229,196 @@ class Actor:
             if self._tx is not None:
                 await self._tx.close(self._tx.partitions())
             await self._producer.stop()
-        for m in self.middleware:
-            m.on_stop(self)
+        self._hook("on_stop")
         self.log.info("actor stopped", consumed=self.stats.consumed, produced=self.stats.produced,
-                      dead_lettered=self.stats.dead_lettered)
+                      dead_lettered=self.stats.dead_lettered, batches=self.stats.batches)
 
     async def _fetch_until(self, stop: asyncio.Event, tg: asyncio.TaskGroup) -> None:
         assert self._consumer is not None and self._flow is not None
         while not stop.is_set():
             room = self._flow.room()
             if room == 0:
-                await self._wait_for_room(stop)
+                await self._wait_for_room()
                 continue
-            batch = await self._consumer.getmany(self.settings.poll_ms, room)
-            for tp, records in batch.items():
+            fetched = await self._consumer.getmany(self.POLL_MS, room)
+            for tp, records in fetched.items():
                 if tp not in self._active:
                     if tp in self._consumer.assignment():
                         # assigned but not ready yet (the assignment hook is still running):
                         # read these again once it is
                         self._consumer.seek(tp, records[0].offset)
                     continue  # else prefetched from a partition that was revoked meanwhile
-                lane = self._lanes.setdefault(tp, _Lane())
-                for rec in records:
-                    self._start(rec, lane, tg)
+                self._start(tp, records, tg)
 
-    async def _wait_for_room(self, stop: asyncio.Event) -> None:
-        self._idle.clear()
+    async def _wait_for_room(self) -> None:
+        self._progress.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), self.settings.poll_ms / 1000)
+            await asyncio.wait_for(self._progress.wait(), self.POLL_MS / 1000)
 
-    def _start(self, rec: Record, lane: _Lane, tg: asyncio.TaskGroup) -> None:
+    def _start(self, tp: TP, records: list[Record], tg: asyncio.TaskGroup) -> None:
         assert self._flow is not None
-        self.tracker.start(rec.tp, rec.offset)
-        self._flow.started(1, len(rec.value))
-        self.stats.consumed += 1
+        self.tracker.start_many(tp, [r.offset for r in records])
+        n_bytes = sum(len(r.value) for r in records)
+        self._flow.started(len(records), n_bytes)
+        self.stats.consumed += len(records)
+        lane = self._lanes.get(tp)
+        if lane is None:
+            lane = self._lanes[tp] = _Lane()
         prev = lane.tail
         mine: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         lane.tail = mine if self.handler.ordered else None
-        task = tg.create_task(self._process(rec, prev, mine))
+        task = tg.create_task(self._process(tp, records, prev, mine))
         lane.tasks.add(task)
         task.add_done_callback(lane.tasks.discard)
 
-    async def _process(
-        self, rec: Record, prev: asyncio.Future[bool] | None, mine: asyncio.Future[bool]
-    ) -> None:
-        assert self._producer is not None and self._flow is not None
-        start = time.perf_counter()
-        received_ms = H.now_ms()
-        error: Exception | None = None
-        for m in self.middleware:
-            m.before_process(self, rec)
+    async def _handle(self, records: list[Record]) -> list[Result]:
+        """The handler's results; a batch that fails as a whole is retried record by record,
+        so the record that caused it is dead-lettered alone."""
         try:
-            try:
-                outputs = await self.handler.handle(rec)
-            except (asyncio.CancelledError, ProducerFailed, PartitionLost):
-                raise
-            except Exception as e:  # noqa: BLE001 - one message's failure is that message's
-                error = e
-                outputs = self._dead_letter(rec, e)
-            if prev is not None and not await asyncio.shield(prev):
-                # the record before this one in the partition was abandoned: abandon this one
-                # too, so nothing after an unsent record is sent (its redelivery keeps order)
-                raise PartitionLost(str(rec.tp))
-            stamp = H.stage_stamps(self.handler.name, received_ms)
-            for o in outputs:
-                o.headers.update(stamp)
-            if self._tx is not None:
-                if not self._tx.owns(rec.tp):
-                    raise PartitionLost(str(rec.tp))
-                async with self._tx.lock(rec.tp):
-                    acks = await self._tx.send(rec.tp, outputs)
-                    self._tx.mark_sent(rec.tp, rec.offset)
-            else:
-                acks = [await self._producer.send(o) for o in outputs]
-            mine.set_result(True)
-            if acks:
-                await asyncio.gather(*acks)
-            self.stats.produced += len(acks)
-            self.tracker.done(rec.tp, rec.offset)
-            elapsed = time.perf_counter() - start
-            for m in self.middleware:
-                m.after_process(self, rec, outputs, error, elapsed)
-        except PartitionLost:
-            self.log.debug("abandoned work of a revoked partition", where=rec.where())
-        finally:
-            if not mine.done():
-                mine.set_result(False)  # never block the next record of the lane
-            self._flow.finished(1, len(rec.value))
-            self._idle.set()
+            results = await self.handler.handle(records)
+            if len(results) != len(records):
+                raise RuntimeError(f"{self.handler.name} returned {len(results)} results for "
+                                   f"{len(records)} records")
+            return results
+        except (asyncio.CancelledError, ProducerFailed, PartitionLost):
+            raise
+        except Exception as e:  # noqa: BLE001 - find the record(s) that caused it
+            if len(records) == 1:
+                return [e]
+        out: list[Result] = []
+        for rec in records:
+            out.extend(await self._handle([rec]))
+        return out
 
-    async def emit(self, msgs: list[Outgoing], source: TP | None = None) -> None:
-        """Produce ``msgs`` now (in ``source``'s transaction when exactly-once) and wait for
-        Kafka's acknowledgement."""
+    async def _process(self, tp: TP, records: list[Record], prev: asyncio.Future[bool] | None,
+                       mine: asyncio.Future[bool]) -> None:
+        assert self._flow is not None
+        start = time.perf_counter()
+        received = str(headers.now_ms()).encode()
+        self._hook("before_batch", records)
+        n_bytes = sum(len(r.value) for r in records)
+        settled = False  # the batch's records were marked done (or handed to their futures)
+        held: list[tuple[Record, Held]] = []
+        try:
+            results = await self._handle(records)
+            if prev is not None and not await asyncio.shield(prev):
+                # the batch before this one in the partition was abandoned: abandon this one
+                # too, so nothing after an unsent record is sent (its redelivery keeps order)
+                raise PartitionLost(str(tp))
+            outputs: list[Outgoing] = []
+            done: list[int] = []
+            errors = 0
+            for rec, res in zip(records, results, strict=True):
+                if isinstance(res, Held):
+                    held.append((rec, res))
+                    if res.send:
+                        outputs.extend(res.send)
+                    continue
+                if isinstance(res, Exception):
+                    errors += 1
+                    res = self._dead_letter(rec, res)
+                outputs.extend(res)
+                done.append(rec.offset)
+            stamp_in, stamp_out = headers.stage_in(self.handler.name), \
+                headers.stage_out(self.handler.name)
+            sent = str(headers.now_ms()).encode()
+            for o in outputs:
+                o.headers[stamp_in] = received
+                o.headers[stamp_out] = sent
+            acked = await self._send_batch(tp, outputs, records[-1].offset)
+            mine.set_result(True)
+            try:
+                await acked
+            except Exception as e:
+                for _, h in held:
+                    if h.send and not h.until.done():
+                        h.until.set_exception(e)
+                raise ProducerFailed(f"producing the outputs of {tp} failed: {e}") from e
+            self.stats.produced += len(outputs)
+            self.stats.batches += 1
+            self.stats.dead_lettered += errors
+            self.tracker.done_many(tp, done)
+            self._flow.finished(len(done), n_bytes - sum(len(r.value) for r, _ in held))
+            settled = True
+            for rec, h in held:  # waiting records settle on their own, whenever that is
+                if h.send and not h.until.done():
+                    h.until.set_result(None)
+                h.until.add_done_callback(self._settler(tp, rec))
+            self._progress.set()
+            self._hook("after_batch", records, outputs, errors, time.perf_counter() - start)
+        except PartitionLost:
+            self.log.debug("abandoned work of a revoked partition", partition=str(tp))
+        finally:
+            for _, h in held:  # answers not sent: whoever waits on them is abandoned too
+                if h.send and not h.until.done():
+                    h.until.cancel()
+            if not mine.done():
+                mine.set_result(False)  # never block the next batch of the lane
+            if not settled:
+                self._abandon(tp, records)
+
+    def _settler(self, tp: TP, rec: Record) -> Callable[[asyncio.Future[None]], None]:
+        def settle(fut: asyncio.Future[None]) -> None:
+            assert self._flow is not None
+            if fut.cancelled() or fut.exception() is not None:
+                self.tracker.abandon(tp, rec.offset)
+            else:
+                self.tracker.done(tp, rec.offset)
+            self._flow.finished(1, len(rec.value))
+            self._progress.set()
+        return settle
+
+    def _abandon(self, tp: TP, records: list[Record]) -> None:
+        assert self._flow is not None
+        for rec in records:
+            self.tracker.abandon(tp, rec.offset)
+        self._flow.finished(len(records), sum(len(r.value) for r in records))
+        self._progress.set()
+
+    async def _send_batch(self, tp: TP, outputs: list[Outgoing],
+                          last_offset: int) -> Awaitable[None]:
+        """Hand ``outputs`` (derived from ``tp`` up to ``last_offset``) to the producer in one
+        go, so one produce request carries them; returns what resolves on acknowledgement."""
         assert self._producer is not None
+        if self._tx is None:
+            return await self._producer.send_many(outputs)
+        if not self._tx.owns(tp):
+            raise PartitionLost(str(tp))
+        async with self._tx.lock(tp):
+            acked = await self._tx.send(tp, outputs)
+            if self.handler.ordered:
+                self._tx.mark_sent(tp, last_offset)
+        return acked
+
+    async def send(self, msgs: list[Outgoing], source: TP | None = None) -> None:
+        """Produce ``msgs`` now (in ``source``'s transaction when exactly-once) and wait for
+        Kafka's acknowledgement: the send path of a handler's background work."""
+        assert self._producer is not None
+        stamp = str(headers.now_ms()).encode()
         for msg in msgs:
-            msg.headers[H.stage_out(self.handler.name)] = str(H.now_ms()).encode()
+            msg.headers[headers.stage_out(self.handler.name)] = stamp
         try:
             if self._tx is not None:
                 if source is None or not self._tx.owns(source):
-                    raise PartitionLost(f"cannot emit for {source}: not owned")
+                    raise PartitionLost(f"cannot send for {source}: not owned")
                 async with self._tx.lock(source):
-                    acks = await self._tx.send(source, msgs)
+                    acked = await self._tx.send(source, msgs)
             else:
-                acks = [await self._producer.send(m) for m in msgs]
-            await asyncio.gather(*acks)
+                acked = await self._producer.send_many(msgs)
+            await acked
         except (ProducerFailed, PartitionLost):
             raise
         except Exception as e:
             raise ProducerFailed(f"producing to {msgs[0].topic} failed: {e}") from e
         self.stats.produced += len(msgs)
-        for m in self.middleware:
-            for msg in msgs:
-                m.on_emit(self, msg)
+        self._hook("on_send", msgs)
 
     def _paused(self, tps: set[TP]) -> None:
         self.log.info("paused partitions (in-flight budget reached)", in_flight=self.in_flight)
-        for m in self.middleware:
-            m.on_pause(self, tps)
+        self._hook("on_pause", tps)
 
     def _resumed(self, tps: set[TP]) -> None:
-        for m in self.middleware:
-            m.on_resume(self, tps)
+        self._hook("on_resume", tps)
 
     @property
     def in_flight(self) -> int:
@@ -341,20 +429,17 @@ class Actor:
         return set(self._flow.paused) if self._flow is not None else set()
 
     def _dead_letter(self, rec: Record, error: Exception) -> list[Outgoing]:
-        self.stats.dead_lettered += 1
         if isinstance(error, ValueError):  # bad input: expected, no traceback needed
             self.log.warning("dead letter", where=rec.where(), reason=str(error))
         else:
             self.log.error("dead letter: handler failed", where=rec.where(),
                            error=f"{type(error).__name__}: {error}", exc_info=error)
-        return [self.handler.dead_letter(rec, error), *self.handler.rejected(rec, error)]
+        return self.handler.dead_letter(rec, error)
 
     async def _drain(self) -> None:
         """Stop fetching, wait (bounded) for in-flight work so its offsets can be committed."""
-        deadline = time.monotonic() + self.settings.drain_timeout_s
-        while self.tracker.in_flight() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        left = self.tracker.in_flight()
+        await self._settle(None, self.settings.drain_timeout_s)
+        left = self.tracker.unsettled(None)
         if left:
             self.log.warning("drain timed out; abandoning in-flight work", in_flight=left)
             for lane in self._lanes.values():
@@ -383,12 +468,12 @@ class Actor:
             if committed:
                 self.tracker.mark_committed(committed)
                 self.stats.commits += 1
-                for m in self.middleware:
-                    m.on_commit(self, committed)
+                self._hook("on_commit", committed)
 
     async def _commit_periodically(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await asyncio.sleep(self.settings.commit_interval_ms / 1000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.commit_interval_ms / 1000)
             await self._commit(None)
 
     async def _commit(self, tps: set[TP] | None) -> None:
@@ -413,5 +498,4 @@ class Actor:
                 return
             self.tracker.mark_committed(offsets)
             self.stats.commits += 1
-            for m in self.middleware:
-                m.on_commit(self, offsets)
+            self._hook("on_commit", offsets)

@@ -24,14 +24,28 @@ BatchObserver = Callable[[int, float, list[float]], None]
 """Called after each batch ran: (rows, model seconds, each submission's seconds queued)."""
 
 
+Input = np.ndarray | list[np.ndarray]
+"""One model input of a submission: an array, or pieces joined along rows (zero-copy views
+of the messages they came from, joined once, in the model's thread)."""
+
+
+def _rows(x: Input) -> int:
+    return int(x.shape[0]) if isinstance(x, np.ndarray) else sum(int(p.shape[0]) for p in x)
+
+
+def _join(pieces: list[np.ndarray]) -> np.ndarray:
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
 @dataclass(slots=True)
 class _Item:
-    arrays: tuple[np.ndarray, ...]
+    arrays: tuple[Input, ...]
     rows: int
     deadline: float | None  # time.monotonic() seconds
     future: asyncio.Future[np.ndarray]
     enqueued: float
     priority: int = 0
+    count: int = 1  # the callers' units (chunks) it stands for, in the queue-wait metric
 
 
 @dataclass
@@ -83,13 +97,15 @@ class DynamicBatcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
-    async def submit(self, *arrays: np.ndarray, deadline: float | None = None,
-                     priority: int = 0) -> np.ndarray:
-        """Score ``arrays`` (same row count) in some batch; returns this submission's rows.
+    async def submit(self, *arrays: Input, deadline: float | None = None,
+                     priority: int = 0, count: int = 1) -> np.ndarray:
+        """Score ``arrays`` (same row count; each an array or a list of row pieces) in some
+        batch; returns this submission's rows.
 
         Higher ``priority`` submissions are batched before lower ones that wait (under
-        overload the queue serves them first); equal priorities keep arrival order."""
-        rows = int(arrays[0].shape[0])
+        overload the queue serves them first); equal priorities keep arrival order.
+        ``count``: how many of the caller's units (chunks) the submission joins."""
+        rows = _rows(arrays[0])
         if rows > self.max_rows:
             raise ValueError(f"{rows} rows in one submission exceed max_rows={self.max_rows}")
         if self._closed:
@@ -98,7 +114,7 @@ class DynamicBatcher:
             self._room.clear()
             await self._room.wait()
         fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Item(arrays, rows, deadline, fut, time.monotonic(), priority))
+        self._enqueue(_Item(arrays, rows, deadline, fut, time.monotonic(), priority, count))
         self._queued_rows += rows
         self._arrived.set()
         return await fut
@@ -170,12 +186,19 @@ class DynamicBatcher:
             if not live:
                 return
             n_inputs = len(live[0].arrays)
-            inputs = [live[0].arrays[k] if len(live) == 1
-                      else np.concatenate([it.arrays[k] for it in live])
-                      for k in range(n_inputs)]
-            out = await loop.run_in_executor(self._pool, self._models[instance], *inputs)
+            pieces: list[list[np.ndarray]] = [[] for _ in range(n_inputs)]
+            for it in live:
+                for k, x in enumerate(it.arrays):
+                    if isinstance(x, np.ndarray):
+                        pieces[k].append(x)
+                    else:
+                        pieces[k].extend(x)
+            model = self._models[instance]
+            # joined in the model's thread: a batch's copy never holds up the event loop
+            out = await loop.run_in_executor(
+                self._pool, lambda: model(*[_join(p) for p in pieces]))
             compute_s = time.monotonic() - start
-            waits = [start - it.enqueued for it in live]
+            waits = [w for it in live for w in [start - it.enqueued] * it.count]
             self.stats.compute_s += compute_s
             self.stats.queue_wait_s += sum(waits)
             self.stats.batches += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +69,7 @@ CATALOG: dict[str, tuple[str, str]] = {
     "adstream_partial": ("counter", "Requests answered 'partial' at their deadline."),
     "adstream_duplicates": ("counter", "Redelivered chunks dropped by the aggregator."),
     "adstream_stage_seconds": (
-        "histogram", "Time from taking a record to Kafka acknowledging its outputs."),
+        "histogram", "Time from handing a fetched batch to the handler to Kafka acknowledging its outputs."),
     "adstream_kafka_queue_seconds": (
         "histogram", "Time a record waited in Kafka (record timestamp to fetch)."),
     "adstream_end_to_end_seconds": (
@@ -196,32 +196,35 @@ class Metrics(Middleware):
     def on_stop(self, actor: Actor) -> None:
         self.stopped.add(actor.handler.name)
 
-    def before_process(self, actor: Actor, record: Record) -> None:
+    def before_batch(self, actor: Actor, records: Sequence[Record]) -> None:
         s = self._of(actor)
-        key = (record.topic, record.partition)
-        s.consumed[key] = s.consumed.get(key, 0) + 1
+        first = records[0]
+        key = (first.topic, first.partition)
+        s.consumed[key] = s.consumed.get(key, 0) + len(records)
         if key not in s.first_fetched:
-            s.first_fetched[key] = record.offset
-        if record.timestamp_ms > 0:
-            s.kafka_queue.observe(max(0.0, time.time() - record.timestamp_ms / 1000))
+            s.first_fetched[key] = first.offset
+        now = time.time()
+        for rec in records:
+            if rec.timestamp_ms > 0:
+                s.kafka_queue.observe(max(0.0, now - rec.timestamp_ms / 1000))
 
-    def after_process(self, actor: Actor, record: Record, outputs: list[Outgoing],
-                      error: Exception | None, seconds: float) -> None:
+    def after_batch(self, actor: Actor, records: Sequence[Record], outputs: list[Outgoing],
+                    errors: int, seconds: float) -> None:
         s = self._of(actor)
-        s.processed += 1
-        s.stage.observe(seconds)
-        if error is not None:
-            s.dead_letters += 1
+        s.processed += len(records)
+        s.stage.observe(seconds, len(records))
+        s.dead_letters += errors
+        self._produced(s, outputs)
+
+    def on_send(self, actor: Actor, msgs: list[Outgoing]) -> None:
+        self._produced(self._of(actor), msgs)
+
+    @staticmethod
+    def _produced(s: _Series, msgs: list[Outgoing]) -> None:
         produced = s.produced
-        for o in outputs:
+        for o in msgs:
             produced[o.topic] = produced.get(o.topic, 0) + 1
-        if outputs:
-            s.observe_end_to_end(record.headers)
-
-    def on_emit(self, actor: Actor, msg: Outgoing) -> None:
-        s = self._of(actor)
-        s.produced[msg.topic] = s.produced.get(msg.topic, 0) + 1
-        s.observe_end_to_end(msg.headers)
+            s.observe_end_to_end(o.headers)
 
     def on_commit(self, actor: Actor, offsets: dict[TP, int]) -> None:
         s = self._of(actor)
@@ -265,7 +268,7 @@ class Metrics(Middleware):
         try:
             for name, actor in list(self.actors.items()):
                 tps = self.assigned(name)
-                group = actor.settings.group_id
+                group = actor.group_id
                 if tps:
                     lags = await reader.lag(group, tps)
                     owned = self.assigned(name)  # a rebalance may have happened meanwhile
@@ -377,7 +380,7 @@ class Metrics(Middleware):
             paused.add_metric([name], len(actor.paused))
             assigned.add_metric([name], len(self.assigned(name)))
             for p in self.lag(name):
-                lag.add_metric([name, actor.settings.group_id, p.topic, str(p.partition)], p.lag)
+                lag.add_metric([name, actor.group_id, p.topic, str(p.partition)], p.lag)
         yield from (in_flight, paused, assigned, lag)
 
         queue = family("adstream_batch_queue_rows", ["model", "version"])
@@ -409,9 +412,10 @@ class _Histogram:
         self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
+    def observe(self, value: float, n: int = 1) -> None:
+        """``n`` observations of ``value`` (a batch's records share its time)."""
+        self.counts[bisect_left(self.bounds, value)] += n
+        self.sum += value * n
 
     def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
         counts, total, cumulative = list(self.counts), self.sum, 0

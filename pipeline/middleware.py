@@ -3,6 +3,7 @@ hang off these instead of living in the loop. Every hook is a no-op by default."
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pipeline.transport.base import TP, Outgoing, Record
@@ -18,15 +19,16 @@ class Middleware:
     def on_stop(self, actor: Actor) -> None:
         """The actor stopped consuming and committed."""
 
-    def before_process(self, actor: Actor, record: Record) -> None:
-        """``record`` was fetched and its work starts."""
+    def before_batch(self, actor: Actor, records: Sequence[Record]) -> None:
+        """A fetch of one partition (``records``, in offset order) is handed to the handler."""
 
-    def after_process(self, actor: Actor, record: Record, outputs: list[Outgoing],
-                      error: Exception | None, seconds: float) -> None:
-        """``record``'s outputs are acknowledged (``error`` set if it was dead-lettered)."""
+    def after_batch(self, actor: Actor, records: Sequence[Record], outputs: list[Outgoing],
+                    errors: int, seconds: float) -> None:
+        """The batch's outputs are acknowledged (``errors`` records were dead-lettered);
+        records held for later (the aggregator's) settle on their own."""
 
-    def on_emit(self, actor: Actor, msg: Outgoing) -> None:
-        """A handler produced ``msg`` outside of ``handle`` and Kafka acknowledged it."""
+    def on_send(self, actor: Actor, msgs: list[Outgoing]) -> None:
+        """A handler produced ``msgs`` outside of a batch and Kafka acknowledged them."""
 
     def on_commit(self, actor: Actor, offsets: dict[TP, int]) -> None:
         """``offsets`` were committed."""

@@ -22,6 +22,7 @@ producer with the same id, which aborts the old owner's open transaction and fen
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from pipeline.transport.base import TP, Outgoing, Producer, Transport
 
@@ -57,11 +58,12 @@ class PartitionTransactions:
     def lock(self, tp: TP) -> asyncio.Lock:
         return self._locks[tp]
 
-    async def send(self, tp: TP, msgs: list[Outgoing]) -> list[asyncio.Future[None]]:
-        """Send ``msgs`` in P's open transaction; the caller holds P's lock."""
+    async def send(self, tp: TP, msgs: list[Outgoing]) -> asyncio.Future[Any]:
+        """Send ``msgs`` in P's open transaction (the caller holds P's lock); the future
+        resolves when all are acknowledged."""
         producer = self._producers[tp]
         self._pending.add(tp)
-        return [await producer.send(m) for m in msgs]
+        return await producer.send_many(msgs)
 
     def mark_sent(self, tp: TP, offset: int) -> None:
         """Every output of input ``offset`` (and of all before it) is sent."""

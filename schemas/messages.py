@@ -85,7 +85,8 @@ def _scalars(d: dict[str, Any], key: str) -> dict[str, Scalar]:
 
 
 def _column(d: dict[str, Any], key: str, n: int | None, **kw: Any) -> np.ndarray:
-    arr = decode_array(_req(d, key), key, **kw)
+    value = _req(d, key)
+    arr = value if type(value) is np.ndarray else decode_array(value, key, **kw)
     if n is not None and arr.shape[0] != n:
         raise SchemaError(key, f"has {arr.shape[0]} rows, expected {n}")
     return arr
@@ -233,22 +234,25 @@ class FeatureChunk(_ChunkHeader):
     dense: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     sparse: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
 
+    #: the framed columns, in wire order: name -> (dtype, dimensions)
+    COLUMNS: ClassVar[dict[str, tuple[str, int]]] = {
+        "ad_id": ("<i8", 1), "bid": ("<f4", 1), "dense": ("<f4", 2), "sparse": ("<i8", 2)}
+
     def to_wire(self) -> dict[str, Any]:
         d = self._header_wire()
-        d.update(priority=self.priority, ad_id=encode_array(self.ad_id),
-                 bid=encode_array(self.bid), dense=encode_array(self.dense),
-                 sparse=encode_array(self.sparse))
+        d["priority"] = self.priority
         return d
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> FeatureChunk:
+        """From a decoded frame (columns already arrays); dense finiteness is checked per
+        batch by the scorer (:func:`first_nonfinite_row`), not per chunk."""
         h = cls._header(d)
         ad_id = _column(d, "ad_id", None, dtype="<i8", ndim=1)
         n = ad_id.shape[0]
-        dense = _column(d, "dense", n, dtype="<f4", ndim=2)
-        _finite(dense, "dense")
         return cls(**h, priority=_int(d, "priority", 0, lo=0, hi=9), ad_id=ad_id,
-                   bid=_column(d, "bid", n, dtype="<f4", ndim=1), dense=dense,
+                   bid=_column(d, "bid", n, dtype="<f4", ndim=1),
+                   dense=_column(d, "dense", n, dtype="<f4", ndim=2),
                    sparse=_column(d, "sparse", n, dtype="<i8", ndim=2))
 
 
@@ -262,10 +266,12 @@ class ScoreChunk(_ChunkHeader):
     bid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     score: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
+    COLUMNS: ClassVar[dict[str, tuple[str, int]]] = {
+        "ad_id": ("<i8", 1), "bid": ("<f4", 1), "score": ("<f4", 1)}
+
     def to_wire(self) -> dict[str, Any]:
         d = self._header_wire()
-        d.update(status=self.status, ad_id=encode_array(self.ad_id),
-                 bid=encode_array(self.bid), score=encode_array(self.score))
+        d["status"] = self.status
         return d
 
     @classmethod
@@ -392,10 +398,88 @@ M = TypeVar("M", ScoreRequest, FeatureChunk, ScoreChunk, ScoreResult, DeadLetter
 
 
 def encode(msg: Message) -> bytes:
-    """Serialize a message with its schema name."""
+    """Serialize a message with its schema name (chunks as frames, see :data:`FRAME_MAGIC`)."""
+    if isinstance(msg, (FeatureChunk, ScoreChunk)):
+        return _encode_frame(msg)
     d = msg.to_wire()
     d["schema"] = schema_name(msg.TYPE)
     return msgpack.packb(d, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+FRAME_MAGIC = b"\xc1ADS"
+"""FeatureChunk and ScoreChunk travel only between adstream's own stages, as frames:
+``FRAME_MAGIC``, a 4-byte little-endian length, a MessagePack map (the fields and
+``columns``: ``[dtype, shape]`` per column of ``COLUMNS``), then the columns' bytes back to
+back. The reader takes every column as a view on the message (zero copy: msgpack's bin
+would be copied out), and 0xc1 never starts a MessagePack value, so a frame is never
+mistaken for one."""
+
+
+def _encode_frame(msg: FeatureChunk | ScoreChunk) -> bytes:
+    d = msg.to_wire()
+    d["schema"] = schema_name(msg.TYPE)
+    layout = []
+    buffers = []
+    for name, (dtype, _) in msg.COLUMNS.items():
+        a = getattr(msg, name)
+        if a.dtype.str != dtype or not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a, dtype=dtype)
+        layout.append([dtype, list(a.shape)])
+        buffers.append(a.data if a.size else b"")
+    d["columns"] = layout
+    head = msgpack.packb(d, use_bin_type=True)
+    return b"".join((FRAME_MAGIC, len(head).to_bytes(4, "little"), head, *buffers))
+
+
+def _decode_frame(data: bytes, cls: type[M]) -> dict[str, Any]:
+    """The fields of a frame, its columns as arrays viewing ``data``."""
+    if data[:4] != FRAME_MAGIC or len(data) < 8:
+        raise SchemaError("", f"not an adstream {cls.TYPE} frame (it starts with "
+                          f"{bytes(data[:4])!r}, not {FRAME_MAGIC!r})")
+    head_len = int.from_bytes(data[4:8], "little")
+    if 8 + head_len > len(data):
+        raise SchemaError("", f"frame header of {head_len} bytes runs past the message")
+    try:
+        d = msgpack.unpackb(memoryview(data)[8:8 + head_len], raw=False)
+    except Exception as e:  # noqa: BLE001 - msgpack raises many unrelated types
+        raise SchemaError("", f"frame header is not valid MessagePack ({e})") from None
+    if type(d) is not dict:
+        raise SchemaError("", f"expected a map in the frame header, got {type(d).__name__}")
+    columns: dict[str, tuple[str, int]] = cls.COLUMNS  # type: ignore[union-attr]
+    layout = d.get("columns")
+    if type(layout) is not list or len(layout) != len(columns):
+        raise SchemaError("columns", f"expected {len(columns)} [dtype, shape] entries for "
+                          f"{', '.join(columns)}")
+    pos = 8 + head_len
+    for (name, (dtype, ndim)), entry in zip(columns.items(), layout, strict=True):
+        if type(entry) is not list or len(entry) != 2 or entry[0] != dtype:
+            raise SchemaError(name, f"expected [{dtype!r}, shape], got {entry!r}")
+        shape = entry[1]
+        if type(shape) is not list or len(shape) != ndim or not all(
+                type(x) is int and x >= 0 for x in shape):
+            raise SchemaError(name, f"expected a shape of {ndim} non-negative ints, got "
+                              f"{shape!r}")
+        count = shape[0] if ndim == 1 else shape[0] * shape[1]
+        dt = _FRAME_DTYPES[dtype]
+        end = pos + count * dt.itemsize
+        if end > len(data):
+            raise SchemaError(name, f"shape {shape} runs past the end of the message")
+        arr = np.frombuffer(data, dt, count, pos)
+        d[name] = arr if ndim == 1 else arr.reshape(shape)
+        pos = end
+    if pos != len(data):
+        raise SchemaError("columns", f"{len(data) - pos} bytes after the last column")
+    return d
+
+
+_FRAME_DTYPES = {"<i8": np.dtype("<i8"), "<f4": np.dtype("<f4")}
+
+
+def first_nonfinite_row(dense: np.ndarray) -> int | None:
+    """The first row of ``dense`` with a NaN or infinity (one pass over a whole batch)."""
+    if np.isfinite(dense).all():
+        return None
+    return int(np.flatnonzero(~np.isfinite(dense).reshape(dense.shape[0], -1).all(axis=1))[0])
 
 
 def check_schema(value: Any, type_name: str) -> None:
@@ -445,6 +529,18 @@ def decode(data: bytes, cls: type[M], *, max_bytes: int = DEFAULT_MAX_MESSAGE_BY
     """Parse and validate ``data`` as ``cls``; raise SchemaError naming the field."""
     if len(data) > max_bytes:
         raise SchemaError("", f"message of {len(data)} bytes is over the {max_bytes}-byte limit")
+    if cls is FeatureChunk or cls is ScoreChunk:
+        d = _decode_frame(data, cls)
+        try:
+            check_schema(d.get("schema"), cls.TYPE)
+            return cls.from_wire(d)  # type: ignore[return-value]
+        except SchemaError as e:
+            rid = d.get("request_id")
+            e.request_id = e.request_id or (rid if isinstance(rid, str) else None)
+            raise
+    if data[:4] == FRAME_MAGIC:
+        raise SchemaError("", f"an adstream chunk frame, not MessagePack: where "
+                          f"ads.{cls.TYPE} is expected")
     try:
         d = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as e:  # noqa: BLE001 - msgpack raises many unrelated types

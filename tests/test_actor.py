@@ -5,7 +5,8 @@ import itertools
 
 import pytest
 
-from pipeline.actor import Actor, ActorSettings, Handler
+from pipeline.actor import Actor, Handler
+from pipeline.config import ActorSection
 from pipeline.transport import TP, Outgoing, Record, open_transport
 from pipeline.transport.memory import MemoryBroker, MemoryProducer
 
@@ -30,7 +31,10 @@ class Echo(Handler):
         self.release = asyncio.Event()
         self.release.set()
 
-    async def handle(self, record: Record) -> list[Outgoing]:
+    async def handle(self, records):
+        return await asyncio.gather(*(self._one(r) for r in records), return_exceptions=True)
+
+    async def _one(self, record: Record) -> list[Outgoing]:
         if record.value.startswith(b"bad"):
             raise ValueError(f"value {record.value!r} is bad")
         if record.value.startswith(b"slow"):
@@ -41,8 +45,8 @@ class Echo(Handler):
             await asyncio.sleep(0.001 * (hash(record.value) % 5))
         return [Outgoing("out", record.value, key=record.key, partition=record.partition)]
 
-    def dead_letter(self, record: Record, error: Exception) -> Outgoing:
-        return Outgoing("dlq", record.value + b"|" + str(error).encode(), key=record.key)
+    def dead_letter(self, record: Record, error: Exception) -> list[Outgoing]:
+        return [Outgoing("dlq", record.value + b"|" + str(error).encode(), key=record.key)]
 
 
 async def _produce(t, values, partition=0):
@@ -73,7 +77,7 @@ async def test_outputs_keep_input_order_per_partition(transport) -> None:
     values = [f"m{i}".encode() for i in range(200)]
     await _produce(transport, values, 0)
     await _produce(transport, values, 1)
-    actor = Actor(transport, Echo(), ActorSettings("g", ["in"], dlq_topic="dlq"))
+    actor = Actor(transport, Echo(), "g", ["in"])
     await _run_until(actor, lambda: actor.stats.produced == 400)
     out = await _read_all(transport, "out")
     assert out[TP("out", 0)] == values and out[TP("out", 1)] == values
@@ -83,7 +87,7 @@ async def test_outputs_keep_input_order_per_partition(transport) -> None:
 
 async def test_bad_message_goes_to_dlq_and_the_partition_moves_on(transport) -> None:
     await _produce(transport, [b"a", b"bad-1", b"b"])
-    actor = Actor(transport, Echo(), ActorSettings("g", ["in"], dlq_topic="dlq"))
+    actor = Actor(transport, Echo(), "g", ["in"])
     await _run_until(actor, lambda: actor.stats.produced == 3)
     assert (await _read_all(transport, "out"))[TP("out", 0)] == [b"a", b"b"]
     dlq = [v for vs in (await _read_all(transport, "dlq")).values() for v in vs]
@@ -97,8 +101,9 @@ class SlowAck(MemoryProducer):
 
     acked = asyncio.Event()
 
-    async def send(self, msg):
-        self.broker.append(msg)
+    async def send_many(self, msgs):
+        for msg in msgs:
+            self.broker.append(msg)
         fut = asyncio.get_running_loop().create_future()
 
         async def ack():
@@ -113,8 +118,8 @@ async def test_offsets_are_committed_only_after_outputs_are_acknowledged(transpo
     SlowAck.acked = asyncio.Event()
     transport.producer = lambda: SlowAck(transport.broker)
     await _produce(transport, [b"x", b"y"])
-    actor = Actor(transport, Echo(), ActorSettings("g", ["in"], dlq_topic="dlq",
-                                                   commit_interval_ms=10))
+    actor = Actor(transport, Echo(), "g", ["in"],
+                  ActorSection(commit_interval_ms=10))
     stop = asyncio.Event()
     task = asyncio.create_task(actor.run(stop))
     await asyncio.sleep(0.3)
@@ -131,8 +136,8 @@ async def test_in_flight_budget_pauses_and_resumes_partitions(transport) -> None
     handler = Echo()
     handler.release.clear()
     await _produce(transport, [b"slow"] * 50)
-    actor = Actor(transport, handler, ActorSettings("g", ["in"], dlq_topic="dlq",
-                                                    max_in_flight=10, resume_in_flight=5))
+    actor = Actor(transport, handler, "g", ["in"],
+                  ActorSection(max_in_flight=10, resume_in_flight=5))
     stop = asyncio.Event()
     task = asyncio.create_task(actor.run(stop))
     await asyncio.sleep(0.2)
@@ -151,9 +156,9 @@ async def test_in_flight_bytes_bound_memory_whatever_the_record_count(transport)
     handler = Echo()
     handler.release.clear()
     await _produce(transport, [b"slow" + b"x" * 996] * 50)
-    actor = Actor(transport, handler, ActorSettings("g", ["in"], dlq_topic="dlq",
-                                                    max_in_flight=1000, resume_in_flight=500,
-                                                    max_in_flight_bytes=5000))
+    actor = Actor(transport, handler, "g", ["in"],
+                  ActorSection(max_in_flight=1000, resume_in_flight=500,
+                               max_in_flight_bytes=5000))
     stop = asyncio.Event()
     task = asyncio.create_task(actor.run(stop))
     await asyncio.sleep(0.2)
@@ -174,11 +179,11 @@ async def test_in_flight_bytes_bound_memory_whatever_the_record_count(transport)
 async def test_revoked_partition_is_finished_and_committed_before_release(transport) -> None:
     await _produce(transport, [f"m{i}".encode() for i in range(100)], 0)
     await _produce(transport, [f"m{i}".encode() for i in range(100)], 1)
-    a1 = Actor(transport, Echo(), ActorSettings("g", ["in"], dlq_topic="dlq"))
+    a1 = Actor(transport, Echo(), "g", ["in"])
     stop = asyncio.Event()
     t1 = asyncio.create_task(a1.run(stop))
     await asyncio.sleep(0.02)
-    a2 = Actor(transport, Echo(), ActorSettings("g", ["in"], dlq_topic="dlq"))
+    a2 = Actor(transport, Echo(), "g", ["in"])
     t2 = asyncio.create_task(a2.run(stop))
     while a1.stats.produced + a2.stats.produced < 200:
         await asyncio.sleep(0.01)

@@ -153,3 +153,32 @@ def test_a_cross_of_an_undefined_feature_is_refused_when_built(spec, tmp_path) -
     with pytest.raises(FeatureConfigError, match="nope"):
         FeaturePipeline.from_spec(list(c.sparse_features), list(c.sparse_buckets),
                                   list(c.dense_features), bad)
+
+
+def test_one_plan_call_over_many_requests_equals_each_request_alone(spec) -> None:
+    """The batch path (candidates of a whole fetch concatenated, user and context broadcast
+    per request) gives each request exactly its own values, also when requests lack
+    columns others have or carry them in other dtypes."""
+    from loadtest.generate import generate
+    from schemas.json_form import request_from_json
+
+    c = spec.config
+    pipe = FeaturePipeline.from_spec(list(c.sparse_features), list(c.sparse_buckets),
+                                     list(c.dense_features))
+    reqs = [request_from_json(d, 0) for d in generate(40, seed=9, candidates="uniform:1,120")]
+    bare = ScoreRequest("bare", "u7", {"ad_id": np.arange(4, dtype=np.int64),
+                                       "bid": np.ones(4, np.float32)},
+                        user={"city": "oslo"})
+    floats = ScoreRequest("floats", "u8", {"ad_id": np.arange(3, dtype=np.int64),
+                                           "bid": np.ones(3, np.float32),
+                                           "category": np.array([3.0, 4.7, -2.0])})
+    batch = [*reqs[:20], bare, floats, *reqs[20:]]
+    dense, sparse = pipe.batch(batch)
+    at = 0
+    for req in batch:
+        n = req.n_candidates
+        ref_dense, ref_sparse = pipe.reference(req)
+        np.testing.assert_array_equal(sparse[at:at + n], ref_sparse, err_msg=req.request_id)
+        np.testing.assert_allclose(dense[at:at + n], ref_dense, rtol=1e-6, atol=0)
+        at += n
+    assert at == dense.shape[0] == sparse.shape[0]

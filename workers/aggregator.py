@@ -11,34 +11,24 @@ the result is acknowledged, so their offsets are committed only after the answer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from pipeline import headers as H
-from pipeline.actor import Emit, Handler, PartitionLost
+from pipeline.actor import Handler, Held, PartitionLost, Result, Send
 from pipeline.transport.base import TP, Outgoing, Record, Transport
 from schemas.messages import ScoreChunk, ScoreResult, decode, encode, schema_name
+from workers.ranking import rank
 from workers.replies import dead_letter
 from workers.settings import Settings
 
 RESULT_SCHEMA = schema_name(ScoreResult.TYPE)
-
-
-def rank(ad_id: np.ndarray, bid: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the top ``k`` by expected value (score × bid), ties broken by ad id."""
-    ev = score.astype(np.float64) * bid.astype(np.float64)
-    if len(ev) > 4 * k:
-        cut = np.argpartition(-ev, k - 1)[:k]
-        threshold = ev[cut].min()
-        cand = np.flatnonzero(ev >= threshold)  # keep ties at the cut for a stable order
-    else:
-        cand = np.arange(len(ev))
-    order = np.lexsort((ad_id[cand], -ev[cand]))
-    return cand[order[:k]]  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -68,19 +58,34 @@ class Aggregator(Handler):
         self._pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[int, str]] = []
         self._done: OrderedDict[str, None] = OrderedDict()
-        self._emit: Emit | None = None
+        self._send: Send | None = None
         self._closing = asyncio.Event()
+        self._wake = asyncio.Event()  # an earlier deadline arrived, or closing
         self.counts = {"ok": 0, "partial": 0, "expired": 0, "duplicates": 0}
 
-    async def open(self, tg: asyncio.TaskGroup, emit: Emit) -> None:
-        self._emit = emit
+    async def open(self, tg: asyncio.TaskGroup, send: Send) -> None:
+        self._send = send
         tg.create_task(self._watch_deadlines())
 
     async def close(self) -> None:
         self._closing.set()
+        self._wake.set()
 
-    async def handle(self, record: Record) -> list[Outgoing]:
-        chunk = decode(record.value, ScoreChunk, max_bytes=self.s.actor.max_message_bytes)
+    async def handle(self, records: Sequence[Record]) -> list[Result]:
+        limit = self.s.actor.max_message_bytes
+        results: list[Result] = []
+        for rec in records:
+            try:
+                chunk = decode(rec.value, ScoreChunk, max_bytes=limit)
+            except Exception as e:  # noqa: BLE001 - that record's reason, for its dead letter
+                results.append(e)
+                continue
+            results.append(self._take(rec, chunk))
+        return results
+
+    def _take(self, record: Record, chunk: ScoreChunk) -> Result:
+        """Add ``chunk`` to its request; the record that completes the request carries the
+        answer, and every record of the request is done once the answer is acknowledged."""
         rid = chunk.request_id
         if rid in self._done:
             self.counts["duplicates"] += 1
@@ -92,16 +97,17 @@ class Aggregator(Handler):
                          record.partition)
             self._pending[rid] = p
             if p.deadline_ms is not None:
+                if not self._deadlines or p.deadline_ms < self._deadlines[0][0]:
+                    self._wake.set()
                 heapq.heappush(self._deadlines, (p.deadline_ms, rid))
-        if chunk.chunk in p.chunks:
+        if chunk.chunk in p.chunks or p.finishing:
             self.counts["duplicates"] += 1
-        else:
-            p.chunks[chunk.chunk] = chunk
-            p.headers[H.stage_in(self.name)] = str(H.now_ms()).encode()
-            if len(p.chunks) == p.n_chunks:
-                await self._answer(p, deadline_passed=False)
-        await asyncio.shield(p.answered)
-        return []
+            return []  # its twin, already taken, is the record that waits
+        p.chunks[chunk.chunk] = chunk
+        p.headers[H.stage_in(self.name)] = str(H.now_ms()).encode()
+        if len(p.chunks) == p.n_chunks:
+            return Held(p.answered, send=self._answer(p, deadline_passed=False))
+        return Held(p.answered)
 
     async def assigned(self, tps: set[TP]) -> None:
         """Exactly-once: learn which requests of these partitions were already answered (in
@@ -132,9 +138,9 @@ class Aggregator(Handler):
                 del self._pending[rid]
                 p.answered.cancel()
 
-    async def _answer(self, p: _Pending, *, deadline_passed: bool) -> None:
-        if p.finishing:
-            return
+    def _answer(self, p: _Pending, *, deadline_passed: bool) -> list[Outgoing]:
+        """The ScoreResult of ``p`` (and its changelog entry when exactly-once); from here
+        on ``p`` counts as answered."""
         p.finishing = True
         scored = [c for c in p.chunks.values() if c.status == "ok"]
         n_scored = sum(len(c.score) for c in scored)
@@ -156,39 +162,45 @@ class Aggregator(Handler):
         result = ScoreResult(p.request_id, status, ad_id=ad_id, bid=bid, score=score,
                              n_candidates=p.n_candidates, n_scored=n_scored,
                              reason="deadline passed" if status != "ok" else None)
-        assert self._emit is not None
         msgs = [Outgoing(p.reply_to or self.s.topics.results, encode(result),
                          key=p.request_id.encode(), headers=p.headers)]
         if self.exactly_once:  # the answer and its changelog entry commit together
             msgs.append(Outgoing(self.s.topics.changelog, b"", key=p.request_id.encode(),
                                  partition=p.partition))
-        try:
-            await self._emit(msgs, TP(self.s.topics.scores, p.partition))
-        except BaseException as e:
-            if not p.answered.done():
-                p.answered.set_exception(e)
-            raise
         self.counts[status] += 1
         del self._pending[p.request_id]
         self._done[p.request_id] = None
         while len(self._done) > self.s.aggregator.dedupe_capacity:
             self._done.popitem(last=False)
-        p.answered.set_result(None)
+        return msgs
 
     async def _watch_deadlines(self) -> None:
-        """Answer requests whose deadline passed with what they have."""
+        """Answer requests whose deadline passed with what they have, through the actor's
+        send path; sleeps until the earliest deadline (or an earlier one arrives)."""
         tick = self.s.aggregator.tick_ms / 1000
         while not self._closing.is_set():
             now = time.time() * 1000
             while self._deadlines and self._deadlines[0][0] <= now:
                 _, rid = heapq.heappop(self._deadlines)
                 p = self._pending.get(rid)
-                if p is not None and not p.finishing:
-                    try:
-                        await self._answer(p, deadline_passed=True)
-                    except PartitionLost:
-                        self._pending.pop(rid, None)  # the partition's new owner answers
-            await asyncio.sleep(tick)
+                if p is None or p.finishing:
+                    continue
+                msgs = self._answer(p, deadline_passed=True)
+                try:
+                    assert self._send is not None
+                    await self._send(msgs, TP(self.s.topics.scores, p.partition))
+                except PartitionLost:
+                    p.answered.cancel()  # the partition's new owner answers
+                    continue
+                except BaseException as e:
+                    p.answered.set_exception(e)
+                    raise
+                p.answered.set_result(None)
+            wait = (self._deadlines[0][0] - time.time() * 1000) / 1000 if self._deadlines \
+                else 3600.0
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(tick, wait))
 
-    def dead_letter(self, record: Record, error: Exception) -> Outgoing:
-        return dead_letter(record, error, self.name, self.s.topics.dlq)
+    def dead_letter(self, record: Record, error: Exception) -> list[Outgoing]:
+        return [dead_letter(record, error, self.name, self.s.topics.dlq)]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from pipeline import headers as H
-from pipeline.actor import Handler
+from pipeline.actor import Handler, Result
 from pipeline.transport.base import Outgoing, Record, Transport
 from schemas.errors import SchemaError
 from schemas.messages import (
@@ -40,24 +44,77 @@ class FeatureActor(Handler):
             self._topics_seen[topic] = await self.transport.partitions(topic) > 0
         return self._topics_seen[topic]
 
-    def _reply_topic(self, reply_to: str | None) -> str:
+    def reply_topic(self, reply_to: str | None) -> str:
         return reply_to or self.s.topics.results
 
-    async def handle(self, record: Record) -> list[Outgoing]:
-        made = await self.chunks(record)
-        if isinstance(made, Outgoing):
-            return [made]
-        chunks, headers = made
-        out_headers = H.carry(headers, CHUNK_SCHEMA)
+    async def handle(self, records: Sequence[Record]) -> list[Result]:
+        results, live = await self.prepare(records)
         by_user = self.s.features.key == "user"
-        return [Outgoing(self.s.topics.features, encode(c),
-                         key=record.key if by_user else f"{c.request_id}:{c.chunk}".encode(),
-                         headers=out_headers)
-                for c in chunks]
+        topic, step = self.s.topics.features, self.s.features.chunk_rows
+        for item in live:
+            req, n = item.request, item.request.n_candidates
+            n_chunks = (n + step - 1) // step
+            bid = req.candidates["bid"].astype("<f4", copy=False)
+            ad_id = req.candidates["ad_id"].astype("<i8", copy=False)
+            out = []
+            for c in range(n_chunks):
+                sl = slice(c * step, (c + 1) * step)
+                chunk = FeatureChunk(
+                    request_id=req.request_id, chunk=c, n_chunks=n_chunks, n_candidates=n,
+                    top_k=req.top_k, reply_to=req.reply_to, deadline_ms=item.deadline_ms,
+                    priority=req.priority, ad_id=ad_id[sl], bid=bid[sl],
+                    dense=item.dense[sl], sparse=item.sparse[sl])
+                key = records[item.index].key if by_user else \
+                    f"{req.request_id}:{c}".encode()
+                out.append(Outgoing(topic, encode(chunk), key=key, headers=dict(item.headers)))
+            results[item.index] = out
+        return results
 
-    async def chunks(self, record: Record) -> tuple[list[FeatureChunk], dict[str, bytes]] | Outgoing:
-        """The request's FeatureChunks and their headers, or the ``expired`` reply."""
-        late = await self._expired_early(record)
+    async def prepare(self, records: Sequence[Record]) -> tuple[list[Result], list[Prepared]]:
+        """Decode ``records`` and compute every live request's model inputs in one plan
+        call. Returns one Result per record, filled for those already answered (expired)
+        or failed, and the live requests with their inputs."""
+        results: list[Result] = [[] for _ in records]
+        live: list[Prepared] = []
+        now_ms = time.time() * 1000
+        for i, rec in enumerate(records):
+            try:
+                made = await self._decode(rec, now_ms)
+            except Exception as e:  # noqa: BLE001 - that record's reason, for its dead letter
+                results[i] = e
+                continue
+            if isinstance(made, Outgoing):
+                results[i] = [made]
+            else:
+                live.append(Prepared(i, made[0], made[1], made[2]))
+        if live:
+            self._features(live, results)
+            live = [p for p in live if not isinstance(results[p.index], Exception)]
+        return results, live
+
+    def _features(self, live: list[Prepared], results: list[Result]) -> None:
+        """Fill ``dense``/``sparse`` of each live request from one plan call over all of
+        them; when that call fails, request by request, to fail only the bad one."""
+        try:
+            dense, sparse = self.pipeline.batch([p.request for p in live])
+        except SchemaError:
+            for p in live:
+                try:
+                    p.dense, p.sparse = self.pipeline.batch([p.request])
+                except SchemaError as e:
+                    e.request_id, e.reply_to = p.request.request_id, p.request.reply_to
+                    results[p.index] = e
+            return
+        at = 0
+        for p in live:
+            n = p.request.n_candidates
+            p.dense, p.sparse = dense[at:at + n], sparse[at:at + n]
+            at += n
+
+    async def _decode(self, record: Record, now_ms: float
+                      ) -> tuple[ScoreRequest, dict[str, bytes], int] | Outgoing:
+        """The request with its output headers and deadline, or its ``expired`` reply."""
+        late = await self._expired_early(record, now_ms)
         if late is not None:
             return late
         req = decode(record.value, ScoreRequest, max_bytes=self.s.actor.max_message_bytes)
@@ -71,37 +128,19 @@ class FeatureActor(Handler):
                               reply_to=req.reply_to)
         deadline = (H.int_header(record.headers, H.DEADLINE_MS) or req.deadline_ms
                     or record.timestamp_ms + self.s.features.default_timeout_ms)
-        headers = dict(record.headers)
+        headers = H.carry(record.headers, CHUNK_SCHEMA)
         headers[H.DEADLINE_MS] = str(deadline).encode()
         headers.setdefault(H.TRACE_ID, req.request_id.encode())
-        if deadline <= time.time() * 1000:
+        if deadline <= now_ms:
             return self._expired(req.request_id, req.reply_to, n, headers)
-        try:
-            dense, sparse = self.pipeline(req)
-        except SchemaError as e:
-            e.request_id, e.reply_to = req.request_id, req.reply_to
-            raise
-        step = self.s.features.chunk_rows
-        n_chunks = (n + step - 1) // step
-        bid = req.candidates["bid"].astype("<f4", copy=False)
-        ad_id = req.candidates["ad_id"].astype("<i8", copy=False)
-        chunks = []
-        for i in range(n_chunks):
-            sl = slice(i * step, (i + 1) * step)
-            chunks.append(FeatureChunk(
-                request_id=req.request_id, chunk=i, n_chunks=n_chunks, n_candidates=n,
-                top_k=req.top_k, reply_to=req.reply_to, deadline_ms=deadline,
-                priority=req.priority,
-                ad_id=ad_id[sl], bid=bid[sl], dense=dense[sl], sparse=sparse[sl],
-            ))
-        return chunks, headers
+        return req, headers, deadline
 
-    async def _expired_early(self, record: Record) -> Outgoing | None:
+    async def _expired_early(self, record: Record, now_ms: float) -> Outgoing | None:
         """The ``expired`` reply for a request whose deadline header has passed, read from
         its envelope alone: under overload most of the backlog is shed here, so this path
         skips validating the columns (a tenth of the cost of a full decode)."""
         deadline = H.int_header(record.headers, H.DEADLINE_MS)
-        if deadline is None or deadline > time.time() * 1000:
+        if deadline is None or deadline > now_ms:
             return None
         addr = peek_request(record.value, max_bytes=self.s.actor.max_message_bytes)
         if addr is None or (addr.reply_to is not None
@@ -114,19 +153,30 @@ class FeatureActor(Handler):
     def _expired(self, request_id: str, reply_to: str | None, n_candidates: int,
                  headers: dict[str, bytes]) -> Outgoing:
         self.expired += 1
-        return status_result(request_id, "expired", self._reply_topic(reply_to),
+        return status_result(request_id, "expired", self.reply_topic(reply_to),
                              reason="deadline passed before feature extraction",
                              n_candidates=n_candidates, headers=headers)
 
-    def dead_letter(self, record: Record, error: Exception) -> Outgoing:
-        return dead_letter(record, error, self.name, self.s.topics.dlq)
+    def dead_letter(self, record: Record, error: Exception) -> list[Outgoing]:
+        """The dead letter, and a ``rejected`` answer when the request can be addressed."""
+        out = [dead_letter(record, error, self.name, self.s.topics.dlq)]
+        if isinstance(error, SchemaError) and error.request_id:
+            topic = self.s.topics.results
+            if error.reply_to and self._topics_seen.get(error.reply_to):
+                topic = error.reply_to
+            self.rejected_count += 1
+            out.append(status_result(error.request_id, "rejected", topic, reason=error.reason,
+                                     headers=record.headers))
+        return out
 
-    def rejected(self, record: Record, error: Exception) -> list[Outgoing]:
-        if not isinstance(error, SchemaError) or not error.request_id:
-            return []
-        topic = self.s.topics.results
-        if error.reply_to and self._topics_seen.get(error.reply_to):
-            topic = error.reply_to
-        self.rejected_count += 1
-        return [status_result(error.request_id, "rejected", topic, reason=error.reason,
-                              headers=record.headers)]
+
+@dataclass(slots=True)
+class Prepared:
+    """A live request of a batch: its record's index, output headers and model inputs."""
+
+    index: int
+    request: ScoreRequest
+    headers: dict[str, bytes]
+    deadline_ms: int
+    dense: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    sparse: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))

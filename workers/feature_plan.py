@@ -10,6 +10,7 @@ column normalized at once — a handful of calls whatever the number of features
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,36 +126,61 @@ class FeaturePlan:
         return levels
 
     def __call__(self, req: ScoreRequest) -> tuple[np.ndarray, np.ndarray]:
-        n = req.n_candidates
-        user = dict(req.user)
-        user.setdefault("user_id", req.user_id)
+        return self.batch([req])
+
+    def batch(self, reqs: Sequence[ScoreRequest]) -> tuple[np.ndarray, np.ndarray]:
+        """``(dense, sparse)`` of every candidate of ``reqs``, concatenated in order: one
+        plan call for a whole fetch, user and context values broadcast to their request's
+        rows. A SchemaError names the field (the caller finds which request)."""
+        counts = [r.n_candidates for r in reqs]
+        n = sum(counts)
+        one = len(reqs) == 1
+        # row -> request index, for broadcasting per-request values (None: one request)
+        owner = None if one else np.repeat(np.arange(len(reqs)), counts)
+        bounds = np.cumsum([0, *counts]).tolist()
+        users = []
+        for r in reqs:
+            user = dict(r.user)
+            user.setdefault("user_id", r.user_id)
+            users.append(user)
         sparse = np.empty((n, self.n_sparse), dtype=np.int64)
-        hashed: dict[str, np.ndarray] = {}  # name -> [n] or [1] (per request)
+        hashed: dict[str, np.ndarray] = {}  # name -> [n] or [1] (one request)
 
         ids = self.scalar_ids
         if ids.specs:
-            h = hash_scalars([_scalar(req, user, scope, key)
-                              for scope, key in self.scalar_sources])
-            sparse[:, ids.columns] = ids.bucket(h)
+            h = np.stack([hash_scalars([_scalar(r, u, scope, key)
+                                        for scope, key in self.scalar_sources])
+                          for r, u in zip(reqs, users, strict=True)])  # [requests, k]
+            rows = h if owner is None else h[owner]
+            sparse[:, ids.columns] = ids.bucket(rows)
             for i, s in enumerate(ids.specs):
-                hashed[s.name] = h[i:i + 1]
+                hashed[s.name] = rows[:, i]
 
         ids = self.column_ids
         if ids.specs:
             raw = np.empty((n, len(ids.specs)), np.int64)
-            absent = []
+            missing = np.zeros((n, len(ids.specs)), bool) if not one else None
+            absent_all = []
             for j, key in enumerate(self.column_keys):
-                col = req.candidates.get(key)
-                if col is None:
-                    absent.append(j)
+                cols = [r.candidates.get(key) for r in reqs]
+                for c in cols:
+                    if c is not None and c.dtype.kind not in "iuf":
+                        raise SchemaError(f"candidates.{key}",
+                                          "categorical column must be integer")
+                if all(c is None for c in cols):
                     raw[:, j] = 0
-                elif col.dtype.kind not in "iuf":
-                    raise SchemaError(f"candidates.{key}", "categorical column must be integer")
-                else:
-                    raw[:, j] = col  # floats truncate, uint64 wraps: as astype(int64)
+                    absent_all.append(j)
+                    continue
+                _fill(raw[:, j], cols, bounds, 0)
+                if missing is not None:
+                    for i, c in enumerate(cols):
+                        if c is None:
+                            missing[bounds[i]:bounds[i + 1], j] = True
             h = mix64(raw.view(np.uint64))
-            if absent:
-                h[:, absent] = MISSING
+            if absent_all:
+                h[:, absent_all] = MISSING
+            if missing is not None and missing.any():
+                h[missing] = MISSING
             sparse[:, ids.columns] = ids.bucket(h)
             for j, s in enumerate(ids.specs):
                 hashed[s.name] = h[:, j]
@@ -177,10 +203,12 @@ class FeaturePlan:
             x = np.empty((n, len(self.numerics)), np.float32)
             for j, (scope, key) in enumerate(self.numeric_sources):
                 if scope == "candidate":
-                    col = req.candidates.get(key)
-                    x[:, j] = self.defaults[j] if col is None else col
+                    _fill(x[:, j], [r.candidates.get(key) for r in reqs], bounds,
+                          self.defaults[j])
                 else:
-                    x[:, j] = _number(_scalar(req, user, scope, key), self.numerics[j])
+                    vals = np.array([_number(_scalar(r, u, scope, key), self.numerics[j])
+                                     for r, u in zip(reqs, users, strict=True)], np.float32)
+                    x[:, j] = vals if owner is None else vals[owner]
             if self.clipped:
                 np.clip(x, self.lo, self.hi, out=x)
             if self.any_log1p:
@@ -189,6 +217,18 @@ class FeaturePlan:
                 x[:, self.standardize] = (x[:, self.standardize] - self.mean) / self.std
             dense[:, self.dense_order] = x
         return dense, sparse
+
+
+def _fill(out: np.ndarray, cols: list[np.ndarray | None], bounds: list[int],
+          default: object) -> None:
+    """``out`` (one column of all rows) from each request's column, or ``default`` where a
+    request lacks it; one copy when every request has the column with the same dtype."""
+    present = [c for c in cols if c is not None]
+    if len(present) == len(cols) and len({c.dtype for c in present}) == 1:
+        out[:] = present[0] if len(present) == 1 else np.concatenate(present)
+        return
+    for i, c in enumerate(cols):
+        out[bounds[i]:bounds[i + 1]] = default if c is None else c
 
 
 def _number(v: object, spec: NumericSpec) -> float:

@@ -1,19 +1,28 @@
-"""Stage fusion: feature extraction inside the scoring process, without the Kafka hop.
+"""Stage fusion, one hop: requests in, ranked answers out, in one process.
 
-The fused role consumes ScoreRequests and produces ScoreChunks, running the feature actor's
-and the scoring worker's own code back to back (features -> dynamic batcher). It trades
-independent scaling of the two stages for one hop less of latency and broker load; the
-three-hop topology stays the default.
+The fused role consumes ScoreRequests and answers them itself: the feature actor's plan
+over every request of a fetch, the scoring worker's dynamic batcher, then top-K and the
+ScoreResult, with no ``ads.features`` or ``ads.scores`` traffic and no aggregator (every
+candidate of a request is scored here). It trades independent scaling of the stages for
+two hops less of latency and broker load; the three-hop topology stays the default.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
-from pipeline.actor import Emit, Handler
+import numpy as np
+
+from pipeline import headers as H
+from pipeline.actor import Handler, Result, Send
 from pipeline.transport.base import TP, Outgoing, Record
-from workers.feature_actor import FeatureActor
-from workers.scorer import ScoringWorker
+from schemas.messages import ScoreResult, encode, schema_name
+from workers.feature_actor import FeatureActor, Prepared
+from workers.ranking import rank
+from workers.scorer import Rows, ScoringWorker
+
+RESULT_SCHEMA = schema_name(ScoreResult.TYPE)
 
 
 class FusedFeaturesScorer(Handler):
@@ -24,26 +33,38 @@ class FusedFeaturesScorer(Handler):
         self.features = features
         self.scorer = scorer
 
-    async def open(self, tg: asyncio.TaskGroup, emit: Emit) -> None:
-        await self.scorer.open(tg, emit)
+    async def open(self, tg: asyncio.TaskGroup, send: Send) -> None:
+        await self.scorer.open(tg, send)
 
     async def close(self) -> None:
         await self.scorer.close()
 
-    async def handle(self, record: Record) -> list[Outgoing]:
-        made = await self.features.chunks(record)
-        if isinstance(made, Outgoing):
-            return [made]
-        chunks, headers = made
-        key = record.key if self.features.s.features.key == "user" else None
-        return list(await asyncio.gather(*(self.scorer.score_chunk(c, headers, key)
-                                           for c in chunks)))
+    async def handle(self, records: Sequence[Record]) -> list[Result]:
+        results, live = await self.features.prepare(records)
+        if not live:
+            return results
+        scores = await self.scorer.score([Rows(p.dense, p.sparse, p.deadline_ms,
+                                               p.request.priority) for p in live])
+        for p, sc in zip(live, scores, strict=True):
+            results[p.index] = [self._answer(p, sc)]
+        return results
+
+    def _answer(self, p: Prepared, scores: np.ndarray) -> Outgoing:
+        """The ranked ScoreResult of a request whose candidates were all scored here."""
+        req = p.request
+        ad_id = req.candidates["ad_id"].astype("<i8", copy=False)
+        bid = req.candidates["bid"].astype("<f4", copy=False)
+        top = rank(ad_id, bid, scores, req.top_k)
+        result = ScoreResult(req.request_id, "ok", ad_id=ad_id[top], bid=bid[top],
+                             score=scores[top].astype(np.float32, copy=False),
+                             n_candidates=req.n_candidates, n_scored=req.n_candidates)
+        headers = dict(p.headers)
+        headers[H.SCHEMA] = RESULT_SCHEMA.encode()
+        return Outgoing(self.features.reply_topic(req.reply_to), encode(result),
+                        key=req.request_id.encode(), headers=headers)
 
     def revoked(self, tps: set[TP]) -> None:
         self.features.revoked(tps)
 
-    def dead_letter(self, record: Record, error: Exception) -> Outgoing:
+    def dead_letter(self, record: Record, error: Exception) -> list[Outgoing]:
         return self.features.dead_letter(record, error)
-
-    def rejected(self, record: Record, error: Exception) -> list[Outgoing]:
-        return self.features.rejected(record, error)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import structlog
 
-from pipeline.actor import Actor, ActorSettings, Handler
+from pipeline.actor import Actor, Handler
 from pipeline.batcher import DynamicBatcher
 from pipeline.endpoint import keep_fresh, start_server
 from pipeline.metrics import Check, Metrics
@@ -24,7 +24,7 @@ from workers.settings import Settings
 
 ROLES = ("features", "scorer", "aggregator", "fused")
 THREE_HOPS = ("features", "scorer", "aggregator")
-FUSED = ("fused", "aggregator")
+FUSED = ("fused",)  # one hop: the fused role answers requests itself
 log = structlog.get_logger("adstream.roles")
 
 
@@ -112,18 +112,8 @@ def build_actor(role: str, settings: Settings, transport: Transport,
     inputs = {"features": t.requests, "scorer": t.features, "aggregator": t.scores,
               "fused": t.requests}
     handler = build_handler(role, settings, transport, metrics)
-    return Actor(transport, handler, ActorSettings(
-        group_id=f"{settings.kafka.group_prefix}-{role}",
-        input_topics=[inputs[role]],
-        dlq_topic=t.dlq,
-        max_in_flight=a.max_in_flight,
-        resume_in_flight=a.resume_in_flight,
-        max_in_flight_bytes=a.max_in_flight_bytes,
-        commit_interval_ms=a.commit_interval_ms,
-        drain_timeout_s=a.drain_timeout_s,
-        revoke_timeout_s=a.revoke_timeout_s,
-        exactly_once=a.delivery == "exactly_once",
-    ), [*middleware, metrics] if metrics is not None else middleware)
+    return Actor(transport, handler, f"{settings.kafka.group_prefix}-{role}", [inputs[role]],
+                 a, [*middleware, metrics] if metrics is not None else middleware)
 
 
 async def ensure_topics(settings: Settings, transport: Transport) -> list[str]:

@@ -1,22 +1,41 @@
-"""The scoring worker: FeatureChunks from many requests -> one model batch -> ScoreChunks."""
+"""The scoring worker: the FeatureChunks of a fetch -> model batches -> ScoreChunks."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline import headers as H
-from pipeline.actor import Emit, Handler
+from pipeline.actor import Handler, Result, Send
 from pipeline.batcher import DynamicBatcher
 from pipeline.transport.base import Outgoing, Record
 from schemas.errors import SchemaError
-from schemas.messages import FeatureChunk, ScoreChunk, decode, encode, schema_name
+from schemas.messages import (
+    FeatureChunk,
+    ScoreChunk,
+    decode,
+    encode,
+    first_nonfinite_row,
+    schema_name,
+)
 from workers.replies import dead_letter
 from workers.settings import Settings
 
 SCORE_SCHEMA = schema_name(ScoreChunk.TYPE)
+
+
+@dataclass(slots=True)
+class Rows:
+    """Model inputs of one chunk (or one fused request) to score."""
+
+    dense: np.ndarray
+    sparse: np.ndarray
+    deadline_ms: int | None
+    priority: int
 
 
 class ScoringWorker(Handler):
@@ -31,39 +50,97 @@ class ScoringWorker(Handler):
         self.n_sparse = n_sparse
         self.expired = 0
 
-    async def open(self, tg: asyncio.TaskGroup, emit: Emit) -> None:
+    async def open(self, tg: asyncio.TaskGroup, send: Send) -> None:
         tg.create_task(self.batcher.run())
 
     async def close(self) -> None:
         self.batcher.close()
 
-    async def handle(self, record: Record) -> list[Outgoing]:
-        chunk = decode(record.value, FeatureChunk, max_bytes=self.s.actor.max_message_bytes)
-        key = record.key if self.s.features.key == "user" else None
-        return [await self.score_chunk(chunk, record.headers, key)]
+    async def handle(self, records: Sequence[Record]) -> list[Result]:
+        results: list[Result] = [[] for _ in records]
+        live: list[tuple[int, FeatureChunk]] = []
+        now_ms = time.time() * 1000
+        limit = self.s.actor.max_message_bytes
+        for i, rec in enumerate(records):
+            try:
+                chunk = decode(rec.value, FeatureChunk, max_bytes=limit)
+                self._check_shapes(chunk)
+            except Exception as e:  # noqa: BLE001 - that record's reason, for its dead letter
+                results[i] = e
+                continue
+            if chunk.deadline_ms is not None and chunk.deadline_ms <= now_ms:
+                self.expired += 1
+                results[i] = [self._output(rec, chunk, None)]
+            else:
+                live.append((i, chunk))
+        live = self._finite(live, results)
+        if live:
+            scores = await self.score([Rows(c.dense, c.sparse, c.deadline_ms, c.priority)
+                                       for _, c in live])
+            for (i, chunk), sc in zip(live, scores, strict=True):
+                results[i] = [self._output(records[i], chunk, sc)]
+        return results
 
-    async def score_chunk(self, chunk: FeatureChunk, headers: dict[str, bytes],
-                          key: bytes | None = None) -> Outgoing:
-        """Score one chunk in some batch (or mark it expired); the ScoreChunk to produce."""
-        self._check_shapes(chunk)
+    async def score(self, parts: Sequence[Rows]) -> list[np.ndarray]:
+        """Scores of every part, from as few batcher submissions as the row limit allows:
+        parts are joined (highest priority first) into submissions of at most
+        ``max_rows`` rows each, and the scores split back."""
+        groups = _group(parts, self.batcher.max_rows)
+        now_ms, now = time.time() * 1000, time.monotonic()
+        outs = await asyncio.gather(*(self._submit(parts, g, now_ms, now) for g in groups))
+        pieces: list[list[np.ndarray]] = [[] for _ in parts]
+        for g, out in zip(groups, outs, strict=True):
+            at = 0
+            for i, lo, hi in g:
+                pieces[i].append(out[at:at + hi - lo])
+                at += hi - lo
+        return [p[0] if len(p) == 1 else
+                np.concatenate(p) if p else np.zeros(0, np.float32) for p in pieces]
+
+    async def _submit(self, parts: Sequence[Rows], group: list[tuple[int, int, int]],
+                      now_ms: float, now: float) -> np.ndarray:
+        dense = [parts[i].dense[lo:hi] for i, lo, hi in group]
+        sparse = [parts[i].sparse[lo:hi] for i, lo, hi in group]
+        deadlines = [d for i, _, _ in group if (d := parts[i].deadline_ms) is not None]
+        deadline = now + (min(deadlines) - now_ms) / 1000 if deadlines else None
+        return await self.batcher.submit(dense, sparse, deadline=deadline,
+                                         priority=parts[group[0][0]].priority,
+                                         count=len({i for i, _, _ in group}))
+
+    def _output(self, record: Record, chunk: FeatureChunk, scores: np.ndarray | None
+                ) -> Outgoing:
         out = ScoreChunk(
             request_id=chunk.request_id, chunk=chunk.chunk, n_chunks=chunk.n_chunks,
             n_candidates=chunk.n_candidates, top_k=chunk.top_k, reply_to=chunk.reply_to,
             deadline_ms=chunk.deadline_ms,
         )
-        now_ms = time.time() * 1000
-        if chunk.deadline_ms is not None and chunk.deadline_ms <= now_ms:
-            self.expired += 1
+        if scores is None:
             out.status = "expired"
         else:
-            deadline = None
-            if chunk.deadline_ms is not None:
-                deadline = time.monotonic() + (chunk.deadline_ms - now_ms) / 1000
-            scores = await self.batcher.submit(chunk.dense, chunk.sparse, deadline=deadline,
-                                               priority=chunk.priority)
-            out.ad_id, out.bid, out.score = chunk.ad_id, chunk.bid, scores.astype(np.float32)
-        return Outgoing(self.s.topics.scores, encode(out), key=key or chunk.request_id.encode(),
-                        headers=H.carry(headers, SCORE_SCHEMA))
+            out.ad_id, out.bid = chunk.ad_id, chunk.bid
+            out.score = scores.astype(np.float32, copy=False)
+        key = record.key if self.s.features.key == "user" else chunk.request_id.encode()
+        return Outgoing(self.s.topics.scores, encode(out), key=key,
+                        headers=H.carry(record.headers, SCORE_SCHEMA))
+
+    @staticmethod
+    def _finite(live: list[tuple[int, FeatureChunk]], results: list[Result]
+                ) -> list[tuple[int, FeatureChunk]]:
+        """The chunks whose dense values are all finite: one pass over the whole fetch; only
+        when it finds one does each chunk get its own look (to fail just that chunk)."""
+        if not live or first_nonfinite_row(
+                np.concatenate([c.dense for _, c in live]) if len(live) > 1
+                else live[0][1].dense) is None:
+            return live
+        ok = []
+        for i, chunk in live:
+            row = first_nonfinite_row(chunk.dense)
+            if row is None:
+                ok.append((i, chunk))
+            else:
+                results[i] = SchemaError(f"dense[{row}]", "NaN or infinity is not allowed",
+                                         request_id=chunk.request_id)
+        return ok
 
     def _check_shapes(self, chunk: FeatureChunk) -> None:
         if chunk.dense.shape[1] != self.n_dense:
@@ -76,5 +153,34 @@ class ScoringWorker(Handler):
             raise SchemaError("ad_id", f"{chunk.ad_id.shape[0]} rows exceed the batch limit "
                               f"{self.batcher.max_rows}", request_id=chunk.request_id)
 
-    def dead_letter(self, record: Record, error: Exception) -> Outgoing:
-        return dead_letter(record, error, self.name, self.s.topics.dlq)
+    def dead_letter(self, record: Record, error: Exception) -> list[Outgoing]:
+        return [dead_letter(record, error, self.name, self.s.topics.dlq)]
+
+
+def _group(parts: Sequence[Rows], max_rows: int) -> list[list[tuple[int, int, int]]]:
+    """Submissions as lists of (part, first row, end row): highest priority first, at most
+    ``max_rows`` rows each, one priority per submission; a part larger than ``max_rows``
+    (a fused request) spans several."""
+    order = sorted(range(len(parts)), key=lambda i: -parts[i].priority)
+    groups: list[list[tuple[int, int, int]]] = []
+    current: list[tuple[int, int, int]] = []
+    rows = 0
+    priority = None
+    for i in order:
+        n = parts[i].dense.shape[0]
+        if current and parts[i].priority != priority:
+            groups.append(current)
+            current, rows = [], 0
+        priority = parts[i].priority
+        lo = 0
+        while lo < n:
+            if rows == max_rows:
+                groups.append(current)
+                current, rows = [], 0
+            hi = min(n, lo + max_rows - rows)
+            current.append((i, lo, hi))
+            rows += hi - lo
+            lo = hi
+    if current:
+        groups.append(current)
+    return groups

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class CommitFailed(RuntimeError):
@@ -114,6 +114,12 @@ class Producer(ABC):
 
         Awaiting ``send`` itself may block while the producer's buffer is full (backpressure).
         """
+
+    async def send_many(self, msgs: list[Outgoing]) -> asyncio.Future[Any]:
+        """Hand all of ``msgs`` to the producer in one go (one produce request carries
+        them); the returned future resolves when every one is acknowledged."""
+        acks = [await self.send(m) for m in msgs]
+        return asyncio.gather(*acks)
 
     @abstractmethod
     async def flush(self) -> None: ...

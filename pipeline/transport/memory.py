@@ -249,7 +249,11 @@ class MemoryProducer(Producer):
         return None
 
     async def send(self, msg: Outgoing) -> asyncio.Future[None]:
-        self.broker.append(msg)
+        return await self.send_many([msg])
+
+    async def send_many(self, msgs: list[Outgoing]) -> asyncio.Future[None]:
+        for msg in msgs:
+            self.broker.append(msg)
         await self.broker.notify()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         fut.set_result(None)
