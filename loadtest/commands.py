@@ -37,6 +37,7 @@ def _settings(args: argparse.Namespace) -> Any:
     from pipeline.cli import settings_from_args
     from workers.settings import Settings
 
+    args.in_process = getattr(args, "with_workers", False)  # roles and replay in one process
     if getattr(args, "with_workers", False) and args.log_level is None:
         args.log_level = "warning"  # the roles' info lines would drown the progress line
     s = settings_from_args(Settings, args)

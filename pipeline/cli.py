@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from pipeline import kafka_local, status
 from pipeline.config import ConfigError, load_config
+from pipeline.in_process import InProcessOnly, refuse_in_process
 from pipeline.logs import configure
 
 T = TypeVar("T")
@@ -47,10 +48,20 @@ def settings_from_args(cls: type[T], args: argparse.Namespace) -> T:
     if getattr(args, "log_level", None):
         overrides.append(f"log.level={args.log_level}")
     settings = load_config(cls, getattr(args, "config", None), overrides=overrides)
+    kafka: Any = getattr(settings, "kafka", None)
+    if kafka is not None and not getattr(args, "in_process", False):
+        refuse_in_process(kafka.bootstrap, command_name(args))
     log: Any = getattr(settings, "log", None)
     if log is not None:
         configure(log.format, log.level)
     return settings
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """``adstream dlq show`` for the parsed ``args`` (as far as the parser recorded it)."""
+    words = [getattr(args, k) for k in sorted(vars(args))
+             if k == "command" or k.endswith("_command")]
+    return " ".join(["adstream", *(str(w) for w in words if isinstance(w, str))])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if "config" not in vars(args):  # no settings (kafka …): check the flag here
+            refuse_in_process(getattr(args, "bootstrap", None), command_name(args))
         code = args.func(args)
+    except InProcessOnly as e:
+        print(e, file=sys.stderr)
+        return 2
     except ConfigError as e:
         print(f"adstream: configuration error: {e}", file=sys.stderr)
         return 2

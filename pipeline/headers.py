@@ -8,6 +8,8 @@ SCHEMA = "schema"
 DEADLINE_MS = "deadline_ms"
 TRACE_ID = "trace_id"
 SENT_MS = "sent_ms"
+# where the request was read (``ads.requests[3]@17``): set by the first stage, carried on
+ORIGIN = "origin"
 
 
 def now_ms() -> int:
@@ -69,9 +71,9 @@ def stage_times(headers: dict[str, bytes]) -> dict[str, int]:
 
 
 def carry(headers: dict[str, bytes], schema: str) -> dict[str, bytes]:
-    """Headers for a message derived from one with ``headers``: same deadline, trace and
-    stage timestamps."""
+    """Headers for a message derived from one with ``headers``: same deadline, trace, origin
+    and stage timestamps."""
     out = {k: v for k, v in headers.items()
-           if k in (DEADLINE_MS, TRACE_ID, SENT_MS) or k.startswith(STAGE_PREFIX)}
+           if k in (DEADLINE_MS, TRACE_ID, SENT_MS, ORIGIN) or k.startswith(STAGE_PREFIX)}
     out[SCHEMA] = schema.encode()
     return out

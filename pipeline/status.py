@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline import runner
 from pipeline.config import KafkaSection, LogSection, load_config
+from pipeline.in_process import refuse_in_process
 from pipeline.lag import (
     GroupInfo,
     KafkaLagReader,
@@ -301,10 +302,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     s = status_settings(args)
     configure(s.log.format, s.log.level)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # failures are reported below
-    if s.kafka.bootstrap.startswith("memory://"):
-        print("adstream status: the in-process broker lives inside one process; status reads "
-              "a Kafka cluster (--bootstrap HOST:PORT)", file=sys.stderr)
-        return 2
+    refuse_in_process(s.kafka.bootstrap, "adstream status")
     observer = Observer(s, list(args.metrics or []), discover=not args.no_discover)
 
     async def once() -> tuple[list[GroupStatus], dict[str, str]]:

@@ -23,6 +23,10 @@ MINOR = 1  # 1.1: FeatureChunk.priority
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_ID_LEN = 256
 STATUSES = ("ok", "partial", "expired", "rejected")
+TOP_K_MAX = 10_000
+PRIORITY_MAX = 9
+N_CHUNKS_MAX = 1_000_000
+INT64_MAX = 2**63 - 1
 
 Scalar = str | int | float | bool
 
@@ -54,7 +58,7 @@ def _str(d: dict[str, Any], key: str, *, required: bool = True, path: str = "") 
 
 
 def _int(
-    d: dict[str, Any], key: str, default: int | None = None, *, lo: int = 0, hi: int = 2**63 - 1
+    d: dict[str, Any], key: str, default: int | None = None, *, lo: int = 0, hi: int = INT64_MAX
 ) -> int:
     v = d.get(key, default)
     if v is None:
@@ -179,10 +183,10 @@ class ScoreRequest:
             candidates=columns,
             user=_scalars(d, "user"),
             context=_scalars(d, "context"),
-            top_k=_int(d, "top_k", 10, lo=1, hi=10_000),
+            top_k=_int(d, "top_k", 10, lo=1, hi=TOP_K_MAX),
             reply_to=reply_to,
             deadline_ms=_opt_int(d, "deadline_ms"),
-            priority=_int(d, "priority", 0, lo=0, hi=9),
+            priority=_int(d, "priority", 0, lo=0, hi=PRIORITY_MAX),
         )
 
 
@@ -211,13 +215,13 @@ class _ChunkHeader:
 
     @staticmethod
     def _header(d: dict[str, Any]) -> dict[str, Any]:
-        n_chunks = _int(d, "n_chunks", lo=1, hi=1_000_000)
+        n_chunks = _int(d, "n_chunks", lo=1, hi=N_CHUNKS_MAX)
         return {
             "request_id": _str(d, "request_id"),
             "chunk": _int(d, "chunk", hi=n_chunks - 1),
             "n_chunks": n_chunks,
             "n_candidates": _int(d, "n_candidates", lo=1),
-            "top_k": _int(d, "top_k", lo=1, hi=10_000),
+            "top_k": _int(d, "top_k", lo=1, hi=TOP_K_MAX),
             "reply_to": _str(d, "reply_to", required=False),
             "deadline_ms": _opt_int(d, "deadline_ms"),
         }
@@ -250,7 +254,7 @@ class FeatureChunk(_ChunkHeader):
         h = cls._header(d)
         ad_id = _column(d, "ad_id", None, dtype="<i8", ndim=1)
         n = ad_id.shape[0]
-        return cls(**h, priority=_int(d, "priority", 0, lo=0, hi=9), ad_id=ad_id,
+        return cls(**h, priority=_int(d, "priority", 0, lo=0, hi=PRIORITY_MAX), ad_id=ad_id,
                    bid=_column(d, "bid", n, dtype="<f4", ndim=1),
                    dense=_column(d, "dense", n, dtype="<f4", ndim=2),
                    sparse=_column(d, "sparse", n, dtype="<i8", ndim=2))

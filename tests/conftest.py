@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from inprocess import running_pipeline  # noqa: F401 - the roles in-process, one per session
 
 from pipeline.kafka_local import BOOTSTRAP_ENV, start_broker, stop_broker
 

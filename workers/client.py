@@ -9,19 +9,13 @@ from typing import Self
 
 import structlog
 
-from pipeline import headers as H
-from pipeline.transport.base import Outgoing, Producer, Transport
+from adstream_client.wire import request_message
+from pipeline.transport.base import Producer, Transport
 from schemas.errors import SchemaError
-from schemas.messages import ScoreRequest, ScoreResult, decode, encode, schema_name
+from schemas.messages import ScoreRequest, ScoreResult, decode
 
-REQUEST_SCHEMA = schema_name(ScoreRequest.TYPE)
 log = structlog.get_logger("adstream.client")
-
-
-def request_message(req: ScoreRequest, topic: str) -> Outgoing:
-    """A request keyed by user id (one user's requests stay in order) with its headers."""
-    headers = H.make(REQUEST_SCHEMA, deadline_ms=req.deadline_ms, trace_id=req.request_id)
-    return Outgoing(topic, encode(req), key=req.user_id.encode(), headers=headers)
+__all__ = ["ResultWaiter", "request_message", "send_requests"]
 
 
 class ResultWaiter:

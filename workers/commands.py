@@ -241,7 +241,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     topics = sub.add_parser("topics", help="manage adstream's Kafka topics")
     tsub = topics.add_subparsers(dest="topics_command", required=True, metavar="COMMAND")
     create = tsub.add_parser("create", parents=[common],
-                             help="create the five topics (idempotent)")
+                             help="create the six topics (idempotent)")
     create.add_argument("--partitions", type=int, default=None,
                         help="partitions per topic (default: topics.partitions, 8)")
     create.add_argument("--replication", type=int, default=None)
@@ -271,7 +271,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     run = sub.add_parser("run", parents=[common], help="run all three roles in this process")
     run.add_argument("--fused", action="store_true",
                      help="features and scorer fused (no ads.features hop) + aggregator")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, in_process=True)
 
     demo = sub.add_parser("demo", parents=[common],
                           help="start what is missing, score generated requests, summarize")
@@ -280,7 +280,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     demo.add_argument("--requests", type=int, default=300)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--rate", type=float, default=200.0, help="requests per second")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, in_process=True)
 
     model = sub.add_parser("model", help="the model repository")
     msub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")

@@ -117,7 +117,12 @@ class FeatureActor(Handler):
         late = await self._expired_early(record, now_ms)
         if late is not None:
             return late
-        req = decode(record.value, ScoreRequest, max_bytes=self.s.actor.max_message_bytes)
+        try:
+            req = decode(record.value, ScoreRequest, max_bytes=self.s.actor.max_message_bytes)
+        except SchemaError as e:
+            if e.reply_to:  # learn whether it exists, so `rejected` can answer there
+                await self._topic_exists(e.reply_to)
+            raise
         if req.reply_to is not None and not await self._topic_exists(req.reply_to):
             raise SchemaError("reply_to", f"topic {req.reply_to!r} does not exist",
                               request_id=req.request_id)
