@@ -8,12 +8,14 @@ import pytest
 from helpers import DirectScorer, assert_same_answer
 
 from loadtest.generate import generate
+from pipeline.transport import Outgoing
 from pipeline.transport.memory import MemoryBroker
 from schemas import ScoreRequest
 from schemas.json_form import request_from_json
-from workers.client import ResultWaiter, send_requests
+from schemas.messages import ScoreResult, decode
+from workers.client import ResultWaiter, request_message, send_requests
 from workers.model_repo import load_model
-from workers.roles import ensure_topics, run_roles, transport_for
+from workers.roles import FUSED, THREE_HOPS, ensure_topics, run_roles, transport_for
 from workers.settings import Settings
 
 _names = itertools.count()
@@ -79,7 +81,7 @@ async def test_expired_requests_are_answered_expired(settings) -> None:
 
 async def test_fused_features_and_scorer_give_the_same_answers(settings, model_repo) -> None:
     reqs = _requests(80, seed=13)
-    results, unexpected, actors = await _serve(settings, reqs, roles=("fused", "aggregator"))
+    results, unexpected, actors = await _serve(settings, reqs, roles=FUSED)
     assert len(results) == len(reqs) and unexpected == 0
     direct = DirectScorer(load_model(model_repo, "ctr"))
     for req in reqs:
@@ -88,3 +90,41 @@ async def test_fused_features_and_scorer_give_the_same_answers(settings, model_r
     assert fused.stats.consumed == len(reqs)
     broker = MemoryBroker.get(settings.kafka.bootstrap.removeprefix("memory://"))
     assert sum(len(p) for p in broker.topics[settings.topics.features]) == 0  # no hop
+    assert sum(len(p) for p in broker.topics[settings.topics.scores]) == 0  # nor this one
+
+
+async def test_a_reused_request_id_is_rejected_and_a_redelivered_chunk_dropped(settings) -> None:
+    first, second = _requests(2, seed=14)
+    second.request_id = first.request_id
+    transport = transport_for(settings)
+    await ensure_topics(settings, transport)
+    stop = asyncio.Event()
+    roles = asyncio.create_task(run_roles(list(THREE_HOPS), settings, stop, transport))
+    producer = transport.producer()
+    broker = MemoryBroker.get(settings.kafka.bootstrap.removeprefix("memory://"))
+
+    def answers() -> list[ScoreResult]:
+        return [decode(r.value, ScoreResult) for p in broker.topics[settings.topics.results]
+                for r in p if r.key == first.request_id.encode()]
+
+    async def until(n: int) -> None:
+        for _ in range(500):
+            if len(answers()) >= n:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{n} answers expected, got {answers()}")
+
+    await producer.send(request_message(first, settings.topics.requests))
+    await until(1)
+    # a copy of an already-handled chunk (what a redelivery looks like): dropped silently
+    chunk = next(r for p in broker.topics[settings.topics.scores] for r in p)
+    await producer.send(Outgoing(settings.topics.scores, chunk.value, key=chunk.key,
+                                 headers=dict(chunk.headers), partition=chunk.partition))
+    await producer.send(request_message(second, settings.topics.requests))
+    await until(2)
+    await asyncio.sleep(0.3)  # a third answer would arrive by now
+    stop.set()
+    await roles
+    got = answers()
+    assert [a.status for a in got] == ["ok", "rejected"], got
+    assert "already in use" in (got[1].reason or "")

@@ -25,7 +25,8 @@ from pipeline.actor import Handler, Held, PartitionLost, Result, Send
 from pipeline.transport.base import TP, Outgoing, Record, Transport
 from schemas.messages import ScoreChunk, ScoreResult, decode, encode, schema_name
 from workers.ranking import rank
-from workers.replies import dead_letter
+from workers.replies import dead_letter, status_result
+from workers.request_ids import Origin, RequestIds, Seen
 from workers.settings import Settings
 
 RESULT_SCHEMA = schema_name(ScoreResult.TYPE)
@@ -61,7 +62,8 @@ class Aggregator(Handler):
         self._send: Send | None = None
         self._closing = asyncio.Event()
         self._wake = asyncio.Event()  # an earlier deadline arrived, or closing
-        self.counts = {"ok": 0, "partial": 0, "expired": 0, "duplicates": 0}
+        self.counts = {"ok": 0, "partial": 0, "expired": 0, "duplicates": 0, "reused": 0}
+        self._ids = RequestIds(settings.aggregator.dedupe_capacity)
 
     async def open(self, tg: asyncio.TaskGroup, send: Send) -> None:
         self._send = send
@@ -87,7 +89,14 @@ class Aggregator(Handler):
         """Add ``chunk`` to its request; the record that completes the request carries the
         answer, and every record of the request is done once the answer is acknowledged."""
         rid = chunk.request_id
-        if rid in self._done:
+        origin = Origin.from_headers(record.headers)
+        seen = self._ids.check(rid, origin)
+        if seen is Seen.REUSED:  # another request with an id in use: say so, once
+            self.counts["reused"] += 1
+            return [status_result(rid, "rejected", chunk.reply_to or self.s.topics.results,
+                                  reason=self._ids.reason(rid, origin),
+                                  n_candidates=chunk.n_candidates, headers=record.headers)]
+        if seen is Seen.REUSED_REPEAT or rid in self._done:
             self.counts["duplicates"] += 1
             return []
         p = self._pending.get(rid)
@@ -126,6 +135,7 @@ class Aggregator(Handler):
         for rec in records:
             if rec.key is not None:
                 self._done[rec.key.decode()] = None
+                self._ids.remember(rec.key.decode(), Origin.parse(rec.value))
         while len(self._done) > self.s.aggregator.dedupe_capacity:
             self._done.popitem(last=False)
 
@@ -165,7 +175,9 @@ class Aggregator(Handler):
         msgs = [Outgoing(p.reply_to or self.s.topics.results, encode(result),
                          key=p.request_id.encode(), headers=p.headers)]
         if self.exactly_once:  # the answer and its changelog entry commit together
-            msgs.append(Outgoing(self.s.topics.changelog, b"", key=p.request_id.encode(),
+            first = self._ids.first(p.request_id)
+            msgs.append(Outgoing(self.s.topics.changelog, first.header() if first else b"",
+                                 key=p.request_id.encode(),
                                  partition=p.partition))
         self.counts[status] += 1
         del self._pending[p.request_id]

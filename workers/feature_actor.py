@@ -22,6 +22,7 @@ from schemas.messages import (
 )
 from workers.features import FeaturePipeline
 from workers.replies import dead_letter, status_result
+from workers.request_ids import Origin
 from workers.settings import Settings
 
 CHUNK_SCHEMA = schema_name(FeatureChunk.TYPE)
@@ -134,6 +135,7 @@ class FeatureActor(Handler):
         deadline = (H.int_header(record.headers, H.DEADLINE_MS) or req.deadline_ms
                     or record.timestamp_ms + self.s.features.default_timeout_ms)
         headers = H.carry(record.headers, CHUNK_SCHEMA)
+        headers[H.ORIGIN] = Origin.of(record).header()  # what tells a reused id downstream
         headers[H.DEADLINE_MS] = str(deadline).encode()
         headers.setdefault(H.TRACE_ID, req.request_id.encode())
         if deadline <= now_ms:
@@ -152,6 +154,7 @@ class FeatureActor(Handler):
                             and not await self._topic_exists(addr.reply_to)):
             return None  # the full decode names what is wrong
         headers = dict(record.headers)
+        headers[H.ORIGIN] = Origin.of(record).header()
         headers.setdefault(H.TRACE_ID, addr.request_id.encode())
         return self._expired(addr.request_id, addr.reply_to, addr.n_candidates, headers)
 

@@ -100,8 +100,9 @@ def build_handler(role: str, settings: Settings, transport: Transport,
     if role == "aggregator":
         aggregator = Aggregator(settings, transport)
         if metrics is not None:
-            metrics.watch_counts(role, lambda: {k: aggregator.counts[k] for k in
-                                                ("expired", "partial", "duplicates")})
+            metrics.watch_counts(role, lambda: {
+                **{k: aggregator.counts[k] for k in ("expired", "partial", "duplicates")},
+                "rejected": aggregator.counts["reused"]})
         return aggregator
     raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
 
