@@ -9,6 +9,11 @@ raw backend's rows/s on batches of the size the batcher actually formed, in the 
 
     python -m loadtest.bench_scorer --backend onnxruntime --rows 200000
     python -m loadtest.bench_scorer --backend cupy --rows 2000000 --max-batch-rows 16384
+    python -m loadtest.bench_scorer --backend none --bootstrap 127.0.0.1:9092   # real Kafka
+
+With ``--bootstrap`` the chunks go through a running Kafka broker (fresh topics, deleted
+afterwards) instead of the in-process one: the same worker, paying aiokafka's per-record
+cost on both sides.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from pipeline.batcher import DynamicBatcher
 from pipeline.config import ActorSection
 from pipeline.logs import configure
 from pipeline.runner import tune_gc
-from pipeline.transport import Outgoing, open_transport
+from pipeline.transport import Outgoing, Transport, open_transport
+from pipeline.transport.delete import delete_topics
 from schemas.messages import FeatureChunk, encode
 from workers.backends import ScoringBackend, create_backend
 from workers.model_build import build_reference_model
@@ -65,12 +71,27 @@ def _options(args: argparse.Namespace) -> dict[str, object]:
 async def _pipeline(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray,
                     sparse: np.ndarray) -> tuple[float, DynamicBatcher]:
     s = Settings()
-    s.kafka.bootstrap = f"memory://bench-scorer-{os.getpid()}"
+    s.kafka.bootstrap = args.bootstrap or f"memory://bench-scorer-{os.getpid()}"
     s.actor.max_message_bytes = 64 * 1024 * 1024
-    transport = open_transport(s.kafka.bootstrap)
-    await transport.create_topics([s.topics.features, s.topics.scores, s.topics.dlq],
-                                  args.partitions)
+    import os as _o; s.kafka.fetch_max_bytes = int(_o.environ.get("FMB", s.kafka.fetch_max_bytes)); s.kafka.partition_fetch_bytes = int(_o.environ.get("PFB", s.kafka.partition_fetch_bytes))
+    run_id = f"{os.getpid()}-{int(time.time())}"
+    for name in ("features", "scores", "dlq"):  # fresh topics: nothing left from a run before
+        setattr(s.topics, name, f"bench-scorer.{name}.{run_id}")
+    transport = open_transport(s.kafka.bootstrap, **s.kafka.client_options())
+    topics = [s.topics.features, s.topics.scores, s.topics.dlq]
+    await transport.create_topics(topics, args.partitions)
+    try:
+        return await _run_worker(spec, args, dense, sparse, s, transport)
+    finally:
+        await delete_topics(transport, topics)
+        await transport.close()
+
+
+async def _run_worker(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray,
+                      sparse: np.ndarray, s: Settings, transport: Transport
+                      ) -> tuple[float, DynamicBatcher]:
     producer = transport.producer()
+    await producer.start()
     n = dense.shape[0]
     step = args.chunk_rows
     n_chunks = (n + step - 1) // step
@@ -82,17 +103,24 @@ async def _pipeline(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray
                              ad_id=np.arange(rows, dtype=np.int64),
                              bid=np.ones(rows, np.float32), dense=dense[sl], sparse=sparse[sl])
         await producer.send(Outgoing(s.topics.features, encode(chunk), key=f"r{i}".encode()))
+    await producer.flush()
+    await producer.stop()
     backends = [_backend(spec, args) for _ in range(args.instances)]
     batcher = DynamicBatcher([b.score for b in backends], max_rows=args.max_batch_rows,
                              max_wait_ms=args.max_wait_ms, max_queue_rows=4 * args.max_batch_rows)
     worker = ScoringWorker(s, batcher, len(spec.config.dense_features),
                            len(spec.config.sparse_features))
-    actor = Actor(transport, worker, "bench", [s.topics.features], ActorSection(
+    actor = Actor(transport, worker, f"bench-{s.topics.features}", [s.topics.features],
+                  ActorSection(
         max_in_flight=args.in_flight, resume_in_flight=args.in_flight // 2,
         max_in_flight_bytes=64 * 1024 * 1024))
     stop = asyncio.Event()
-    start = time.perf_counter()
     task = asyncio.create_task(actor.run(stop))
+    while not actor.ready.is_set():  # the clock starts once the group gave it partitions
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.002)
+    start = time.perf_counter()
     while actor.stats.produced < n_chunks:
         if task.done():
             task.result()
@@ -131,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--in-flight", type=int, default=4000)
     p.add_argument("--raw-seconds", type=float, default=3.0)
     p.add_argument("--repo", type=Path, default=None)
+    p.add_argument("--bootstrap", default=None,
+                   help="a running Kafka broker (host:port) instead of the in-process one")
     args = p.parse_args(argv)
     configure("console", "warning")
     repo = args.repo or Path(tempfile.mkdtemp(prefix="adstream-bench-"))
@@ -150,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
           f"instances={args.instances}")
     print(f"batches formed: {len(sizes)}, median {typical} rows, mean {sizes.mean():.0f}, "
           f"max {sizes.max()}")
-    print(f"scoring worker through the in-process broker: {pipeline_rps:,.0f} rows/s")
+    broker = f"Kafka at {args.bootstrap}" if args.bootstrap else "the in-process broker"
+    print(f"scoring worker through {broker}: {pipeline_rps:,.0f} rows/s = "
+          f"{pipeline_rps / args.chunk_rows:,.0f} messages/s")
     print(f"raw {args.backend} at {typical}-row batches:         {raw:,.0f} rows/s")
     print(f"ratio worker / raw: {pipeline_rps / raw:.2f}")
     return 0

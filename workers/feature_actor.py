@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from workers.request_ids import Origin
 from workers.settings import Settings
 
 CHUNK_SCHEMA = schema_name(FeatureChunk.TYPE)
+OFF_LOOP_ROWS = 2048  # a plan call over this many rows (~1 ms) runs in a thread, off the loop
 
 
 class FeatureActor(Handler):
@@ -89,7 +91,10 @@ class FeatureActor(Handler):
             else:
                 live.append(Prepared(i, made[0], made[1], made[2]))
         if live:
-            self._features(live, results)
+            if sum(p.request.n_candidates for p in live) >= OFF_LOOP_ROWS:
+                await asyncio.to_thread(self._features, live, results)
+            else:
+                self._features(live, results)
             live = [p for p in live if not isinstance(results[p.index], Exception)]
         return results, live
 

@@ -26,6 +26,8 @@ from workers.replies import dead_letter
 from workers.settings import Settings
 
 SCORE_SCHEMA = schema_name(ScoreChunk.TYPE)
+_NO_IDS = np.zeros(0, np.int64)  # an expired chunk's (read-only, shared) empty columns
+_NO_FLOATS = np.zeros(0, np.float32)
 
 
 @dataclass(slots=True)
@@ -109,16 +111,15 @@ class ScoringWorker(Handler):
 
     def _output(self, record: Record, chunk: FeatureChunk, scores: np.ndarray | None
                 ) -> Outgoing:
+        if scores is None:
+            status, ad_id, bid, score = "expired", _NO_IDS, _NO_FLOATS, _NO_FLOATS
+        else:
+            status, ad_id, bid = "ok", chunk.ad_id, chunk.bid
+            score = scores.astype(np.float32, copy=False)
         out = ScoreChunk(
             request_id=chunk.request_id, chunk=chunk.chunk, n_chunks=chunk.n_chunks,
             n_candidates=chunk.n_candidates, top_k=chunk.top_k, reply_to=chunk.reply_to,
-            deadline_ms=chunk.deadline_ms,
-        )
-        if scores is None:
-            out.status = "expired"
-        else:
-            out.ad_id, out.bid = chunk.ad_id, chunk.bid
-            out.score = scores.astype(np.float32, copy=False)
+            deadline_ms=chunk.deadline_ms, status=status, ad_id=ad_id, bid=bid, score=score)
         key = record.key if self.s.features.key == "user" else chunk.request_id.encode()
         return Outgoing(self.s.topics.scores, encode(out), key=key,
                         headers=H.carry(record.headers, SCORE_SCHEMA))
