@@ -73,7 +73,6 @@ async def _pipeline(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray
     s = Settings()
     s.kafka.bootstrap = args.bootstrap or f"memory://bench-scorer-{os.getpid()}"
     s.actor.max_message_bytes = 64 * 1024 * 1024
-    import os as _o; s.kafka.fetch_max_bytes = int(_o.environ.get("FMB", s.kafka.fetch_max_bytes)); s.kafka.partition_fetch_bytes = int(_o.environ.get("PFB", s.kafka.partition_fetch_bytes))
     run_id = f"{os.getpid()}-{int(time.time())}"
     for name in ("features", "scores", "dlq"):  # fresh topics: nothing left from a run before
         setattr(s.topics, name, f"bench-scorer.{name}.{run_id}")
