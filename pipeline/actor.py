@@ -125,7 +125,10 @@ class Actor:
 
     def __init__(self, transport: Transport, handler: Handler, group_id: str,
                  input_topics: list[str], settings: ActorSection | None = None,
-                 middleware: Sequence[Middleware] = ()) -> None:
+                 middleware: Sequence[Middleware] = (), *,
+                 lost_after_s: float | None = None) -> None:
+        """``lost_after_s``: a stall of this process this long (the group's session
+        timeout) means its partitions were given to others: what it held is abandoned."""
         self.transport = transport
         self.handler = handler
         self.group_id = group_id
@@ -137,12 +140,16 @@ class Actor:
         self.log = log.bind(actor=handler.name, group=group_id)
         self._lanes: dict[TP, _Lane] = {}
         self._active: set[TP] = set()
+        self._draining: set[TP] = set()  # revoked, their in-flight work finishing (bounded)
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._flow: FlowControl | None = None
         self._progress = asyncio.Event()  # set whenever a record settles (done or abandoned)
         self._commit_lock = asyncio.Lock()
         self.ready = asyncio.Event()
+        self.lost_after_s = lost_after_s
+        self._tick = time.monotonic()  # the loop's own clock, to notice this process stalled
+        self._stalled = False  # since a stall past the session: owns nothing until reassigned
         self._tx: PartitionTransactions | None = None
         if self.settings.delivery == "exactly_once":
             self._tx = PartitionTransactions(transport, group_id, f"{group_id}.{handler.name}")
@@ -164,6 +171,7 @@ class Actor:
         await self.handler.assigned(tps)
         if self._tx is not None:
             await self._tx.open(tps)
+        self._stalled = False
         self._active |= tps
         if self._flow is not None:
             self._flow.reassigned()
@@ -174,8 +182,10 @@ class Actor:
     async def on_revoked(self, tps: set[TP]) -> None:
         """Stop taking from ``tps``, finish (or, past the bound, abandon) their work, commit."""
         self._active -= tps
+        self._draining |= tps
         self.handler.revoked(tps)
         await self._settle(tps, self.settings.revoke_timeout_s)
+        self._draining -= tps
         abandoned = self.tracker.unsettled(tps)
         for tp in tps:
             lane = self._lanes.pop(tp, None)
@@ -200,6 +210,31 @@ class Actor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), left)
 
+    # ---- ownership ---------------------------------------------------------------------------
+
+    def owns(self, tp: TP) -> bool:
+        """Whether this member may still produce for ``tp``: it is assigned here and this
+        process has not stalled past the session since (a member paused or cut off that
+        long was replaced; what it held is its replacement's to send, not a zombie's)."""
+        if self._stalled:
+            return False
+        if self.lost_after_s is not None:
+            gap = time.monotonic() - self._tick
+            if gap > self.lost_after_s:
+                self._stalled = True
+                self.log.warning("this process stalled past the group's session; abandoning "
+                                 "the work it held until it is assigned partitions again",
+                                 stalled_s=round(gap, 1))
+                return False
+        return tp in self._active or tp in self._draining
+
+    async def _keep_time(self, stop: asyncio.Event) -> None:
+        """Tick the loop's clock; a tick that comes late is how a stall shows."""
+        while not stop.is_set():
+            self._tick = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
+
     # ---- the loop ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -218,9 +253,11 @@ class Actor:
                 await self.handler.open(tg, self.send)
                 await self._consumer.start()
                 committer = tg.create_task(self._commit_periodically(stop))
+                clock = tg.create_task(self._keep_time(stop))
                 await self._fetch_until(stop, tg)
                 await self._drain()
                 committer.cancel()
+                clock.cancel()
                 await self.handler.close()
             await self._commit(None)
         finally:
@@ -380,6 +417,8 @@ class Actor:
         """Hand ``outputs`` (derived from ``tp`` up to ``last_offset``) to the producer in one
         go, so one produce request carries them; returns what resolves on acknowledgement."""
         assert self._producer is not None
+        if not self.owns(tp):
+            raise PartitionLost(str(tp))
         if self._tx is None:
             return await self._producer.send_many(outputs)
         if not self._tx.owns(tp):
@@ -398,6 +437,8 @@ class Actor:
         for msg in msgs:
             msg.headers[headers.stage_out(self.handler.name)] = stamp
         try:
+            if source is not None and not self.owns(source):
+                raise PartitionLost(f"cannot send for {source}: not owned")
             if self._tx is not None:
                 if source is None or not self._tx.owns(source):
                     raise PartitionLost(f"cannot send for {source}: not owned")

@@ -3,6 +3,7 @@ ordering, dead letters and the commit watermark stay exact per record."""
 
 import asyncio
 import itertools
+import time
 
 import pytest
 
@@ -164,3 +165,37 @@ async def test_revoke_in_the_middle_of_a_batch_abandons_it_uncommitted(transport
     out = (await _read(transport, "out"))[TP("out", 0)]
     assert out == [f"m{i}".encode() for i in range(50)]  # once each, in order
     assert transport.broker.groups["g"].committed[TP("in", 0)] == 50
+
+
+class Stalls(Batches):
+    """Blocks the whole process (not just this task) once, like SIGSTOP would."""
+
+    stalled = False
+
+    async def handle(self, records):
+        if not Stalls.stalled:
+            Stalls.stalled = True
+            time.sleep(0.5)
+        return await super().handle(records)
+
+
+async def test_a_member_stalled_past_its_session_sends_nothing_it_held(transport) -> None:
+    values = [f"m{i}".encode() for i in range(20)]
+    await _produce(transport, values, 0)
+    Stalls.stalled = False
+    a1 = Actor(transport, Stalls(), "g", ["in"], ActorSection(commit_interval_ms=10),
+               lost_after_s=0.3)
+    stop = asyncio.Event()
+    t1 = asyncio.create_task(a1.run(stop))
+    await _until(lambda: Stalls.stalled)
+    await asyncio.sleep(0.3)
+    assert a1.stats.produced == 0  # what it held when it stalled was abandoned, not sent
+    assert transport.broker.groups["g"].committed.get(TP("in", 0), 0) == 0
+    # a rebalance gives it partitions again: the work is done, once
+    a2 = Actor(transport, Batches(), "g", ["in"])
+    t2 = asyncio.create_task(a2.run(stop))
+    await _until(lambda: a1.stats.produced + a2.stats.produced == 20)
+    await asyncio.sleep(0.1)
+    stop.set()
+    await asyncio.gather(t1, t2)
+    assert (await _read(transport, "out"))[TP("out", 0)] == values

@@ -113,8 +113,11 @@ def build_actor(role: str, settings: Settings, transport: Transport,
     inputs = {"features": t.requests, "scorer": t.features, "aggregator": t.scores,
               "fused": t.requests}
     handler = build_handler(role, settings, transport, metrics)
+    lost_after_s = None if settings.kafka.bootstrap.startswith("memory://") \
+        else settings.kafka.session_timeout_ms / 1000
     return Actor(transport, handler, f"{settings.kafka.group_prefix}-{role}", [inputs[role]],
-                 a, [*middleware, metrics] if metrics is not None else middleware)
+                 a, [*middleware, metrics] if metrics is not None else middleware,
+                 lost_after_s=lost_after_s)
 
 
 async def ensure_topics(settings: Settings, transport: Transport) -> list[str]:
