@@ -175,7 +175,7 @@ class Stalls(Batches):
     async def handle(self, records):
         if not Stalls.stalled:
             Stalls.stalled = True
-            time.sleep(0.5)
+            time.sleep(0.5)  # noqa: ASYNC251 - the point: the whole loop stops
         return await super().handle(records)
 
 
