@@ -33,7 +33,10 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from pipeline.kafka_clients import KafkaOptions
 
 __all__ = [
     "KAFKA_VERSION",
@@ -764,16 +767,18 @@ def _split_bootstrap(bootstrap: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def describe_cluster(bootstrap: str, timeout_s: float = 10) -> dict[str, object]:
-    """Cluster id, controller id, brokers and topic names of the cluster at ``bootstrap``."""
+async def describe_cluster(bootstrap: str, timeout_s: float = 10,
+                           opts: KafkaOptions | None = None) -> dict[str, object]:
+    """Cluster id, controller id, brokers and topic names of the cluster at ``bootstrap``
+    (connected with ``opts``' security; default plaintext)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
+    from pipeline.kafka_clients import KafkaOptions, admin_kwargs
+
     async def query() -> dict[str, object]:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            request_timeout_ms=max(1000, int(timeout_s * 1000)),
-            client_id="adstream-kafka-local",
-        )
+        admin = AIOKafkaAdminClient(**admin_kwargs(
+            bootstrap, opts or KafkaOptions(), "adstream-kafka-local",
+            request_timeout_ms=max(1000, int(timeout_s * 1000))))
         try:
             await admin.start()
             cluster = await admin.describe_cluster()
@@ -794,8 +799,10 @@ async def describe_cluster(bootstrap: str, timeout_s: float = 10) -> dict[str, o
     return await asyncio.wait_for(query(), timeout_s)
 
 
-async def broker_answers(bootstrap: str, timeout_s: float = 5) -> bool:
-    """Whether a Kafka cluster answers at ``bootstrap`` and has at least one live broker."""
+async def broker_answers(bootstrap: str, timeout_s: float = 5,
+                         opts: KafkaOptions | None = None) -> bool:
+    """Whether a Kafka cluster answers at ``bootstrap`` (with ``opts``' security) and has at
+    least one live broker."""
     try:
         host, port = _split_bootstrap(bootstrap)
     except ValueError:
@@ -805,7 +812,7 @@ async def broker_answers(bootstrap: str, timeout_s: float = 5) -> bool:
         return False
     left = max(0.5, timeout_s - (time.monotonic() - start))
     try:
-        info = await describe_cluster(bootstrap, timeout_s=left)
+        info = await describe_cluster(bootstrap, timeout_s=left, opts=opts)
     except Exception:  # noqa: BLE001 - any failure means "does not answer"
         return False
     brokers = info.get("brokers")

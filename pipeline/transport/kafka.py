@@ -1,5 +1,10 @@
 """The Kafka transport: aiokafka consumers and producers with safe defaults.
 
+Clients take their arguments from ``pipeline.kafka_clients`` (security, pass-through
+options) and start through ``pipeline.kafka_reach.started``: a worker started before its
+broker waits for it (``kafka.connect_timeout_s``), and a broker that cannot be used is one
+line naming it and the cause.
+
 Producers use ``acks=all`` and idempotence, so what Kafka acknowledged is never lost or
 reordered by retries; batches are large (1 MB) because the broker's CPU per request, not the
 network, limits a small machine.
@@ -8,7 +13,6 @@ network, limits a small machine.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -16,6 +20,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError
 from aiokafka.structs import TopicPartition
 
+from pipeline.kafka_clients import (
+    KafkaOptions,
+    admin_kwargs,
+    consumer_kwargs,
+    producer_kwargs,
+)
+from pipeline.kafka_reach import started
 from pipeline.transport.base import (
     TP,
     CommitFailed,
@@ -26,24 +37,6 @@ from pipeline.transport.base import (
     Record,
     Transport,
 )
-
-
-@dataclass(frozen=True)
-class KafkaOptions:
-    """Client settings the runtime exposes in its configuration."""
-
-    client_id: str = "adstream"
-    linger_ms: int = 0
-    max_batch_bytes: int = 1024 * 1024
-    max_request_bytes: int = 8 * 1024 * 1024
-    compression: str | None = None
-    request_timeout_ms: int = 30_000
-    session_timeout_ms: int = 10_000
-    heartbeat_interval_ms: int = 3_000
-    max_poll_interval_ms: int = 300_000
-    fetch_max_bytes: int = 2 * 1024 * 1024
-    partition_fetch_bytes: int = 1024 * 1024
-    isolation_level: str = "read_uncommitted"
 
 
 def _tp(tp: TopicPartition) -> TP:
@@ -78,9 +71,10 @@ class KafkaConsumer(Consumer):
         self.group_id = group_id
         self.listener = listener
         self.from_end = from_end
-        self._c = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            client_id=opts.client_id,
+        self.bootstrap = bootstrap
+        self.opts = opts
+        self._c = AIOKafkaConsumer(**consumer_kwargs(
+            bootstrap, opts,
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="latest" if from_end else "earliest",
@@ -90,11 +84,10 @@ class KafkaConsumer(Consumer):
             fetch_max_bytes=opts.fetch_max_bytes,
             max_partition_fetch_bytes=opts.partition_fetch_bytes,
             isolation_level="read_committed" if read_committed else opts.isolation_level,
-            request_timeout_ms=opts.request_timeout_ms,
-        )
+        ))
 
     async def start(self) -> None:
-        await self._c.start()
+        await started(self._c, self.bootstrap, self.opts, "consumer")
         if self.group_id is None:
             tps: list[TopicPartition] = []
             for t in self.topics:
@@ -178,21 +171,21 @@ class KafkaConsumer(Consumer):
 class KafkaProducer(Producer):
     def __init__(self, bootstrap: str, opts: KafkaOptions,
                  transactional_id: str | None = None) -> None:
-        self._p = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+        self.bootstrap = bootstrap
+        self.opts = opts
+        self._p = AIOKafkaProducer(**producer_kwargs(
+            bootstrap, opts,
             transactional_id=transactional_id,
-            client_id=opts.client_id,
             acks="all",
             enable_idempotence=True,
             linger_ms=opts.linger_ms,
             max_batch_size=opts.max_batch_bytes,
             max_request_size=opts.max_request_bytes,
             compression_type=opts.compression,
-            request_timeout_ms=opts.request_timeout_ms,
-        )
+        ))
 
     async def start(self) -> None:
-        await self._p.start()
+        await started(self._p, self.bootstrap, self.opts, "producer")
 
     async def stop(self) -> None:
         await self._p.stop()
@@ -243,10 +236,8 @@ class KafkaTransport(Transport):
         return KafkaProducer(self.bootstrap, self.opts, transactional_id)
 
     async def _admin(self) -> AIOKafkaAdminClient:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
-                                    client_id=self.opts.client_id,
-                                    request_timeout_ms=self.opts.request_timeout_ms)
-        await admin.start()
+        admin = AIOKafkaAdminClient(**admin_kwargs(self.bootstrap, self.opts))
+        await started(admin, self.bootstrap, self.opts, "admin")
         return admin
 
     async def create_topics(
