@@ -15,13 +15,15 @@ import contextlib
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 if TYPE_CHECKING:
     from pipeline.kafka_clients import KafkaOptions
 
+C = TypeVar("C")
 log = structlog.get_logger("adstream.kafka")
 LOG_EVERY_S = 5.0
 RETRY_EVERY_S = 1.0
@@ -51,9 +53,11 @@ def _text(e: BaseException) -> str:
 
 
 def diagnose(e: BaseException, host: str, port: int, opts: KafkaOptions,
-             speaks_tls: bool | None = None) -> KafkaUnavailable:
+             speaks_tls: bool | None = None, mechanisms: list[str] | None = None
+             ) -> KafkaUnavailable:
     """The one-line cause of connection error ``e``; ``speaks_tls``: whether the port
-    answered a TLS handshake (None: not probed)."""
+    answered a TLS handshake, ``mechanisms``: the SASL mechanisms the broker enables
+    (None: not asked)."""
     from aiokafka import errors
 
     at = f"{host}:{port}"
@@ -72,12 +76,18 @@ def diagnose(e: BaseException, host: str, port: int, opts: KafkaOptions,
             f"TLS with the Kafka broker at {at} failed ({e.reason or _text(e)}); does that "
             f"listener speak TLS? kafka.security_protocol is {sec.protocol}", retriable=False)
     if speaks_tls and not sec.tls:
-        want = "SASL_SSL" if sec.sasl else "SSL"
+        want = "SASL_SSL" if sec.sasl else "SSL or SASL_SSL"
         return KafkaUnavailable(
             f"the Kafka broker at {at} expects TLS but kafka.security_protocol is "
-            f"{sec.protocol}; set it to {want} (or SSL)", retriable=False)
+            f"{sec.protocol}; set it to {want}", retriable=False)
+    if speaks_tls is False and sec.tls and isinstance(e, ConnectionError) and not isinstance(
+            e, ConnectionRefusedError):
+        return KafkaUnavailable(
+            f"the Kafka broker at {at} does not speak TLS on that port but "
+            f"kafka.security_protocol is {sec.protocol}; use the port of its TLS listener "
+            f"(or PLAINTEXT / SASL_PLAINTEXT)", retriable=False)
     if isinstance(e, errors.UnsupportedSaslMechanismError):
-        enabled = _text(e).rpartition("Enabled mechanisms are:")[2].strip() or "?"
+        enabled = ", ".join(mechanisms) if mechanisms else "none that was told"
         return KafkaUnavailable(
             f"the Kafka broker at {at} does not enable SASL mechanism {sec.mechanism} "
             f"(it enables {enabled}); set kafka.sasl_mechanism", retriable=False)
@@ -89,6 +99,8 @@ def diagnose(e: BaseException, host: str, port: int, opts: KafkaOptions,
             retriable=False)
     if isinstance(e, ConnectionRefusedError):
         why = "connection refused"
+    elif isinstance(e, ConnectionResetError):
+        why = "connection reset"
     elif isinstance(e, TimeoutError):
         why = f"no answer within {opts.request_timeout_ms / 1000:g} s"
     elif isinstance(e, socket.gaierror):
@@ -129,10 +141,35 @@ async def probe(host: str, port: int, opts: KafkaOptions) -> None:
             timeout_ms / 1000 + 1)
     except (OSError, TimeoutError, errors.KafkaError) as e:
         tls = None
-        if not opts.security.tls and not isinstance(e, ConnectionRefusedError | ssl.SSLError):
-            tls = await _speaks_tls(host, port)
-        raise diagnose(e, host, port, opts, tls) from None
+        if isinstance(e, errors.KafkaConnectionError | TimeoutError) or (
+                isinstance(e, OSError) and not isinstance(e, ConnectionRefusedError | ssl.SSLError)):
+            tls = await _speaks_tls(host, port)  # a port that closed on us: TLS or not?
+        mechanisms = None
+        if isinstance(e, errors.UnsupportedSaslMechanismError):
+            mechanisms = await _enabled_mechanisms(host, port, opts)
+        raise diagnose(e, host, port, opts, tls, mechanisms) from None
     conn.close()
+
+
+async def _enabled_mechanisms(host: str, port: int, opts: KafkaOptions) -> list[str] | None:
+    """The SASL mechanisms the broker enables, from a SaslHandshake without logging in."""
+    from aiokafka.conn import create_conn
+    from aiokafka.protocol.admin import SaslHandShakeRequest
+
+    sec = opts.security
+    try:
+        conn = await asyncio.wait_for(create_conn(
+            host, port, client_id=opts.client_id, ssl_context=sec.ssl_context,
+            security_protocol="SSL" if sec.tls else "PLAINTEXT"), 10)
+    except (OSError, TimeoutError, Exception):  # noqa: BLE001 - only a hint for the message
+        return None
+    try:
+        response = await asyncio.wait_for(conn.send(SaslHandShakeRequest(sec.mechanism)), 10)
+        return [str(m) for m in response.enabled_mechanisms]
+    except Exception:  # noqa: BLE001 - only a hint for the message
+        return None
+    finally:
+        conn.close()
 
 
 async def reach(bootstrap: str, opts: KafkaOptions, wait_s: float | None = None,
@@ -163,15 +200,17 @@ async def reach(bootstrap: str, opts: KafkaOptions, wait_s: float | None = None,
         await asyncio.sleep(min(RETRY_EVERY_S, max(0.0, deadline - now)))
 
 
-async def started(client: Any, bootstrap: str, opts: KafkaOptions,
-                  what: str = "Kafka client") -> None:
-    """Wait for a broker (:func:`reach`), then ``await client.start()``; a client that
-    failed to start is closed (no "Unclosed" warnings) and the failure is one line."""
+async def started(make: Callable[[], C], bootstrap: str, opts: KafkaOptions,
+                  what: str = "Kafka client") -> C:
+    """Wait for a broker (:func:`reach`), then build the client with ``make()`` and start
+    it. The client exists only once a broker answered, and one that failed to start is
+    closed, so neither leaves an "Unclosed AIOKafka…" warning; the failure is one line."""
     from aiokafka import errors
 
     await reach(bootstrap, opts, what=what)
+    client = make()
     try:
-        await client.start()
+        await client.start()  # type: ignore[attr-defined]
     except (OSError, TimeoutError, errors.KafkaError) as e:
         await _close(client)
         host, port = brokers(bootstrap)[0]
@@ -179,6 +218,7 @@ async def started(client: Any, bootstrap: str, opts: KafkaOptions,
     except BaseException:
         await _close(client)
         raise
+    return client
 
 
 async def _close(client: Any) -> None:

@@ -121,16 +121,16 @@ class KafkaLagReader(LagReader):
         from pipeline.kafka_reach import started
 
         if self._admin is None:
-            admin = AIOKafkaAdminClient(**admin_kwargs(self.bootstrap, self.opts,
-                                                       self.client_id))
-            await started(admin, self.bootstrap, self.opts, "lag reader")
-            self._admin = admin
+            self._admin = await started(
+                lambda: AIOKafkaAdminClient(**admin_kwargs(self.bootstrap, self.opts,
+                                                           self.client_id)),
+                self.bootstrap, self.opts, "lag reader")
         if self._consumer is None:
-            consumer = AIOKafkaConsumer(**consumer_kwargs(
-                self.bootstrap, self.opts, self.client_id, group_id=None,
-                enable_auto_commit=False))
-            await started(consumer, self.bootstrap, self.opts, "lag reader")
-            self._consumer = consumer
+            self._consumer = await started(
+                lambda: AIOKafkaConsumer(**consumer_kwargs(
+                    self.bootstrap, self.opts, self.client_id, group_id=None,
+                    enable_auto_commit=False)),
+                self.bootstrap, self.opts, "lag reader")
         return self._admin, self._consumer
 
     async def close(self) -> None:

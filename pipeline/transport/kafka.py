@@ -73,7 +73,8 @@ class KafkaConsumer(Consumer):
         self.from_end = from_end
         self.bootstrap = bootstrap
         self.opts = opts
-        self._c = AIOKafkaConsumer(**consumer_kwargs(
+        self._c: Any = None  # made by start(), once a broker answers
+        self._kwargs = consumer_kwargs(
             bootstrap, opts,
             group_id=group_id,
             enable_auto_commit=False,
@@ -84,10 +85,11 @@ class KafkaConsumer(Consumer):
             fetch_max_bytes=opts.fetch_max_bytes,
             max_partition_fetch_bytes=opts.partition_fetch_bytes,
             isolation_level="read_committed" if read_committed else opts.isolation_level,
-        ))
+        )
 
     async def start(self) -> None:
-        await started(self._c, self.bootstrap, self.opts, "consumer")
+        self._c = await started(lambda: AIOKafkaConsumer(**self._kwargs), self.bootstrap,
+                                self.opts, "consumer")
         if self.group_id is None:
             tps: list[TopicPartition] = []
             for t in self.topics:
@@ -113,7 +115,8 @@ class KafkaConsumer(Consumer):
         raise KeyError(f"topic {topic!r} does not exist (or has no partitions)")
 
     async def stop(self) -> None:
-        await self._c.stop()
+        if self._c is not None:
+            await self._c.stop()
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[TP, list[Record]]:
         batch = await self._c.getmany(timeout_ms=timeout_ms, max_records=max_records)
@@ -127,7 +130,7 @@ class KafkaConsumer(Consumer):
         }
 
     def assignment(self) -> set[TP]:
-        return {_tp(tp) for tp in self._c.assignment()}
+        return set() if self._c is None else {_tp(tp) for tp in self._c.assignment()}
 
     def seek(self, tp: TP, offset: int) -> None:
         self._c.seek(TopicPartition(*tp), offset)
@@ -173,7 +176,8 @@ class KafkaProducer(Producer):
                  transactional_id: str | None = None) -> None:
         self.bootstrap = bootstrap
         self.opts = opts
-        self._p = AIOKafkaProducer(**producer_kwargs(
+        self._p: Any = None  # made by start(), once a broker answers
+        self._kwargs = producer_kwargs(
             bootstrap, opts,
             transactional_id=transactional_id,
             acks="all",
@@ -182,13 +186,15 @@ class KafkaProducer(Producer):
             max_batch_size=opts.max_batch_bytes,
             max_request_size=opts.max_request_bytes,
             compression_type=opts.compression,
-        ))
+        )
 
     async def start(self) -> None:
-        await started(self._p, self.bootstrap, self.opts, "producer")
+        self._p = await started(lambda: AIOKafkaProducer(**self._kwargs), self.bootstrap,
+                                self.opts, "producer")
 
     async def stop(self) -> None:
-        await self._p.stop()
+        if self._p is not None:
+            await self._p.stop()
 
     async def flush(self) -> None:
         await self._p.flush()
@@ -236,9 +242,9 @@ class KafkaTransport(Transport):
         return KafkaProducer(self.bootstrap, self.opts, transactional_id)
 
     async def _admin(self) -> AIOKafkaAdminClient:
-        admin = AIOKafkaAdminClient(**admin_kwargs(self.bootstrap, self.opts))
-        await started(admin, self.bootstrap, self.opts, "admin")
-        return admin
+        return await started(lambda: AIOKafkaAdminClient(**admin_kwargs(self.bootstrap,
+                                                                          self.opts)),
+                             self.bootstrap, self.opts, "admin")
 
     async def create_topics(
         self, names: list[str], partitions: int, replication: int = 1
