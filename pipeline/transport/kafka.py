@@ -13,8 +13,10 @@ network, limits a small machine.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError
@@ -26,7 +28,7 @@ from pipeline.kafka_clients import (
     consumer_kwargs,
     producer_kwargs,
 )
-from pipeline.kafka_reach import started
+from pipeline.kafka_reach import LOG_EVERY_S, started
 from pipeline.transport.base import (
     TP,
     CommitFailed,
@@ -37,6 +39,8 @@ from pipeline.transport.base import (
     Record,
     Transport,
 )
+
+log = structlog.get_logger("adstream.kafka")
 
 
 def _tp(tp: TopicPartition) -> TP:
@@ -101,8 +105,34 @@ class KafkaConsumer(Consumer):
             else:
                 await self._c.seek_to_beginning(*tps)
         else:
+            await self._wait_for_topics()
             listener = _Listener(self.listener) if self.listener else None
             self._c.subscribe(self.topics, listener=listener)
+
+    async def _wait_for_topics(self) -> None:
+        """A member that subscribes before its topics exist would see them only at the next
+        metadata refresh (minutes), so wait for them as for the broker: up to
+        ``connect_timeout_s``, one line every few seconds; then subscribe anyway."""
+        deadline = time.monotonic() + self.opts.connect_timeout_s
+        next_log = time.monotonic() + LOG_EVERY_S
+        while True:
+            for t in self.topics:
+                self._c._client.add_topic(t)
+            await self._c._client.force_metadata_update()
+            missing = [t for t in self.topics if not self._c.partitions_for_topic(t)]
+            now = time.monotonic()
+            if not missing:
+                return
+            if now >= deadline:
+                if self.opts.connect_timeout_s > 0:
+                    log.warning("topics missing; subscribing anyway", topics=missing,
+                                bootstrap=self.bootstrap)
+                return
+            if now >= next_log:
+                log.warning("waiting for topics", topics=missing, bootstrap=self.bootstrap,
+                            gives_up_in_s=round(deadline - now))
+                next_log = now + LOG_EVERY_S
+            await asyncio.sleep(min(1.0, deadline - now))
 
     async def _partitions_of(self, topic: str) -> list[int]:
         for _ in range(50):
