@@ -398,6 +398,7 @@ async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "au
         finally:
             await transport.close()
         config = tmp / "adstream.toml"
+        config.touch(mode=0o600)  # it may hold the Kafka password
         config.write_text(to_toml(s))
         workers = WorkerSet(config, tmp)
         print(f"starting workers: {', '.join(plan.roles)} …", file=sys.stderr, flush=True)

@@ -109,3 +109,17 @@ def test_logging_configuration_installs_the_filter_once() -> None:
     handlers = logging.getLogger().handlers
     assert handlers and all(
         sum(isinstance(x, CollapseRepeats) for x in h.filters) == 1 for h in handlers)
+
+
+def test_a_worker_gives_up_after_connect_timeout_in_one_line(model_repo) -> None:
+    port = _dead_port()
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "worker", "fused", "--bootstrap",
+         f"127.0.0.1:{port}", "--set", "kafka.connect_timeout_s=1.5", "--set",
+         f"scorer.model_repo={model_repo}", "--log-format", "json"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1] == f"adstream: no Kafka broker answers at 127.0.0.1:{port} (connection refused)"
+    assert sum("waiting for Kafka" in line for line in lines) == 1  # 1.5 s: one line
+    assert "Traceback" not in out.stderr and "Unclosed" not in out.stderr
