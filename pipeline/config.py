@@ -47,6 +47,16 @@ def _codec_installed(name: str) -> str | None:
             f"(installed here: {usable})")
 
 
+def _bootstrap_ok(value: str) -> str | None:
+    if value.startswith("memory://"):
+        return None
+    for item in value.removeprefix("kafka://").split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+            return f"must be host:port[,host:port] or memory://NAME ({item.strip()!r} is not)"
+    return None
+
+
 def _client_options(kind: str) -> Any:
     def check(value: Any) -> str | None:
         from pipeline.kafka_passthrough import problem
@@ -60,7 +70,7 @@ def _client_options(kind: str) -> Any:
 class KafkaSection:
     """Broker connection, security and client tuning (names follow Kafka's client config)."""
 
-    bootstrap: str = setting("127.0.0.1:9092", nonempty=True)  # host:port[,host:port], or memory://NAME
+    bootstrap: str = setting("127.0.0.1:9092", nonempty=True, check=_bootstrap_ok, allowed_text="host:port list")  # host:port[,host:port], or memory://NAME
     client_id: str = setting("adstream", nonempty=True)  # Kafka client id of every consumer and producer
     group_prefix: str = setting("adstream", nonempty=True)  # consumer groups are named PREFIX-ROLE
     linger_ms: int = setting(0, ge=0)  # producer: wait this long to fill a batch (0: send at once; batches still form while a send is in flight)

@@ -161,7 +161,7 @@ async def _enabled_mechanisms(host: str, port: int, opts: KafkaOptions) -> list[
         conn = await asyncio.wait_for(create_conn(
             host, port, client_id=opts.client_id, ssl_context=sec.ssl_context,
             security_protocol="SSL" if sec.tls else "PLAINTEXT"), 10)
-    except (OSError, TimeoutError, Exception):  # noqa: BLE001 - only a hint for the message
+    except Exception:  # noqa: BLE001 - only a hint for the message
         return None
     try:
         response = await asyncio.wait_for(conn.send(SaslHandShakeRequest(sec.mechanism)), 10)

@@ -62,6 +62,7 @@ def test_reference_lists_every_setting_with_its_environment_variable() -> None:
     ("scorer.gpu_pool_fraction=1.5", "scorer.gpu_pool_fraction", "must be <= 1"),
     ("kafka.security_protocol=TLS", "kafka.security_protocol",
      "must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
+    ("kafka.bootstrap=b1:9092,b2", "kafka.bootstrap", "('b2' is not)"),
 ])
 def test_a_value_outside_what_a_setting_allows_is_refused_naming_both(flag, named, allowed
                                                                        ) -> None:
