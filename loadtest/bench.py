@@ -329,7 +329,9 @@ async def _broker(settings: Settings, tmp: Path) -> Broker:
     if url.startswith("memory://"):
         raise BenchError(f"{url} is an in-process broker; the benchmark runs worker processes "
                          "and needs Kafka (leave --bootstrap out to start one)")
-    if await kafka_local.broker_answers(url, timeout_s=3):
+    from pipeline.kafka_clients import kafka_options
+
+    if await kafka_local.broker_answers(url, timeout_s=3, opts=kafka_options(settings.kafka)):
         return Broker(url, _local_pid(url))
     print(f"no Kafka broker answers at {url}; starting one for the benchmark (the first start "
           "downloads Kafka from Maven Central, once) …", file=sys.stderr, flush=True)
@@ -395,6 +397,7 @@ async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "au
         finally:
             await transport.close()
         config = tmp / "adstream.toml"
+        config.touch(mode=0o600)  # it may hold the Kafka password
         config.write_text(to_toml(s))
         workers = WorkerSet(config, tmp)
         print(f"starting workers: {', '.join(plan.roles)} …", file=sys.stderr, flush=True)

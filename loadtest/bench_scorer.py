@@ -34,12 +34,13 @@ from pipeline.batcher import DynamicBatcher
 from pipeline.config import ActorSection
 from pipeline.logs import configure
 from pipeline.runner import tune_gc
-from pipeline.transport import Outgoing, Transport, open_transport
+from pipeline.transport import Outgoing, Transport
 from pipeline.transport.delete import delete_topics
 from schemas.messages import FeatureChunk, encode
 from workers.backends import ScoringBackend, create_backend
 from workers.model_build import build_reference_model
 from workers.model_repo import ModelSpec, load_model
+from workers.roles import transport_for
 from workers.scorer import ScoringWorker
 from workers.settings import Settings
 
@@ -76,7 +77,7 @@ async def _pipeline(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray
     run_id = f"{os.getpid()}-{int(time.time())}"
     for name in ("features", "scores", "dlq"):  # fresh topics: nothing left from a run before
         setattr(s.topics, name, f"bench-scorer.{name}.{run_id}")
-    transport = open_transport(s.kafka.bootstrap, **s.kafka.client_options())
+    transport = transport_for(s)
     topics = [s.topics.features, s.topics.scores, s.topics.dlq]
     await transport.create_topics(topics, args.partitions)
     try:

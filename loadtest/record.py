@@ -34,10 +34,13 @@ async def record(settings: Settings, topic: str, out: Path, *, duration_s: float
 
     url = settings.kafka.bootstrap
     if not url.startswith("memory://"):
-        from pipeline.kafka_local import broker_answers
+        from pipeline.kafka_clients import kafka_options
+        from pipeline.kafka_reach import KafkaUnavailable, reach
 
-        if not await broker_answers(url, timeout_s=5):
-            raise RecordError(f"no Kafka broker answers at {url}; give --bootstrap HOST:PORT")
+        try:
+            await reach(url, kafka_options(settings.kafka, wait_for_broker=False))
+        except KafkaUnavailable as e:
+            raise RecordError(f"{e}; give --bootstrap HOST:PORT") from None
     transport = transport_for(settings)
     try:
         if await transport.partitions(topic) == 0:

@@ -49,11 +49,14 @@ async def open_target(settings: Settings, *, with_workers: bool,
                           "--with-workers to run the three roles in this process")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # reconnect chatter at start-up
     if not url.startswith("memory://"):
-        from pipeline.kafka_local import broker_answers
+        from pipeline.kafka_clients import kafka_options
+        from pipeline.kafka_reach import KafkaUnavailable, reach
 
-        if not await broker_answers(url, timeout_s=5):
-            raise TargetError(f"no Kafka broker answers at {url}; start one (`adstream kafka "
-                              "start`) or give --bootstrap HOST:PORT")
+        try:
+            await reach(url, kafka_options(settings.kafka, wait_for_broker=False))
+        except KafkaUnavailable as e:
+            raise TargetError(f"{e}; start one (`adstream kafka start`) or give "
+                              "--bootstrap HOST:PORT") from None
     transport = transport_for(settings)
     roles: asyncio.Task[object] | None = None
     roles_stop = asyncio.Event()

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from pipeline import kafka_local, status
 from pipeline.config import ConfigError, load_config
 from pipeline.in_process import InProcessOnly, refuse_in_process
+from pipeline.kafka_reach import KafkaUnavailable
 from pipeline.logs import configure
 
 T = TypeVar("T")
@@ -78,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error(e: BaseException) -> BaseException | None:
+    """The configuration or broker problem ``e`` is (also inside a task group), or None."""
+    if isinstance(e, ConfigError | KafkaUnavailable):
+        return e
+    if isinstance(e, BaseExceptionGroup):
+        found = [_user_error(x) for x in e.exceptions]
+        if found and all(found):
+            return found[0]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -88,11 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     except InProcessOnly as e:
         print(e, file=sys.stderr)
         return 2
-    except ConfigError as e:
-        print(f"adstream: configuration error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except BaseException as e:
+        problem = _user_error(e)
+        if problem is None:
+            raise
+        what = "configuration error: " if isinstance(problem, ConfigError) else ""
+        print(f"adstream: {what}{problem}", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 

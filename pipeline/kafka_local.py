@@ -33,13 +33,17 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from pipeline.kafka_clients import KafkaOptions
 
 __all__ = [
     "KAFKA_VERSION",
     "KafkaSetupError",
     "LocalBroker",
     "LocalCluster",
+    "SaslSslListener",
     "broker_answers",
     "cache_dir",
     "describe_cluster",
@@ -82,6 +86,20 @@ class KafkaSetupError(RuntimeError):
     """Fetching, formatting, starting or stopping the local Kafka broker failed."""
 
 
+@dataclass(frozen=True)
+class SaslSslListener:
+    """A second listener speaking SASL_SSL, as managed Kafka services do.
+
+    ``keystore_pem`` holds the broker's unencrypted PKCS#8 private key and its certificate
+    chain (PEM); ``users`` (name -> password) get SCRAM credentials for each SCRAM mechanism
+    when storage is formatted, and PLAIN logins when PLAIN is enabled."""
+
+    keystore_pem: Path
+    users: tuple[tuple[str, str], ...]
+    mechanisms: tuple[str, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+    port: int = 0  # 0: a free port (kept across restarts of the same data directory)
+
+
 @dataclass
 class LocalBroker:
     """A local single-node KRaft broker started by :func:`start_broker`."""
@@ -90,10 +108,15 @@ class LocalBroker:
     port: int
     controller_port: int
     pid: int
+    sasl_ssl_port: int | None = None  # the SaslSslListener's port, when it has one
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str | None:
+        return f"127.0.0.1:{self.sasl_ssl_port}" if self.sasl_ssl_port else None
 
 
 # --------------------------------------------------------------------------- paths
@@ -412,8 +435,41 @@ def _run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
 # --------------------------------------------------------------------------- broker
 
 
+def _sasl_ssl_config(listener: SaslSslListener, port: int) -> dict[str, str]:
+    """The broker properties of a SASL_SSL listener named SASL_SSL on ``port``."""
+    prefix = "listener.name.sasl_ssl."
+    config = {
+        f"{prefix}sasl.enabled.mechanisms": ",".join(listener.mechanisms),
+        f"{prefix}ssl.keystore.type": "PEM",
+        f"{prefix}ssl.keystore.location": str(Path(listener.keystore_pem).resolve()),
+    }
+    for mech in listener.mechanisms:
+        if mech.startswith("SCRAM-"):
+            config[f"{prefix}{mech.lower()}.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;")
+        elif mech == "PLAIN":
+            users = " ".join(f'user_{u}="{pw}"' for u, pw in listener.users)
+            config[f"{prefix}plain.sasl.jaas.config"] = (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};")
+    config["sasl.enabled.mechanisms"] = ",".join(listener.mechanisms)
+    return config
+
+
+def _scram_args(listener: SaslSslListener | None) -> list[str]:
+    """``kafka-storage format`` arguments creating the listener's SCRAM users."""
+    if listener is None:
+        return []
+    args = []
+    for mech in listener.mechanisms:
+        if mech.startswith("SCRAM-"):
+            for user, password in listener.users:
+                args += ["--add-scram", f"{mech}=[name={user},password={password}]"]
+    return args
+
+
 def _server_config(
-    data_dir: Path, port: int, controller_port: int, extra_config: dict[str, str] | None
+    data_dir: Path, port: int, controller_port: int, extra_config: dict[str, str] | None,
+    sasl_ssl: SaslSslListener | None = None, sasl_ssl_port: int | None = None,
 ) -> dict[str, str]:
     config = {
         "process.roles": "broker,controller",
@@ -444,6 +500,11 @@ def _server_config(
         "num.io.threads": "4",
         "num.recovery.threads.per.data.dir": "1",
     }
+    if sasl_ssl is not None and sasl_ssl_port:
+        config["listeners"] += f",SASL_SSL://127.0.0.1:{sasl_ssl_port}"
+        config["advertised.listeners"] += f",SASL_SSL://127.0.0.1:{sasl_ssl_port}"
+        config["listener.security.protocol.map"] += ",SASL_SSL:SASL_SSL"
+        config.update(_sasl_ssl_config(sasl_ssl, sasl_ssl_port))
     config.update(extra_config or {})
     return config
 
@@ -467,7 +528,8 @@ def _new_cluster_id() -> str:
 
 
 def _format_storage(
-    java: str, libs: Path, properties: Path, config: dict[str, str], cluster_id: str | None = None
+    java: str, libs: Path, properties: Path, config: dict[str, str], cluster_id: str | None = None,
+    extra_args: list[str] | None = None,
 ) -> None:
     log_dirs = [d for d in config["log.dirs"].split(",") if d]
     meta_dirs = [*log_dirs, config.get("metadata.log.dir", "")]
@@ -477,7 +539,7 @@ def _format_storage(
         java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
         f"-Dlog4j2.configurationFile={_resource('log4j2.properties')}",
         "-cp", f"{libs}/*", _STORAGE_TOOL, "format", "--ignore-formatted",
-        "-t", cluster_id or _new_cluster_id(), "-c", str(properties),
+        "-t", cluster_id or _new_cluster_id(), "-c", str(properties), *(extra_args or []),
     ]  # fmt: skip
     try:
         proc = subprocess.run(
@@ -547,7 +609,8 @@ def _running_broker(data_dir: Path, timeout_s: float) -> LocalBroker | None:
     pid = int(state.get("pid", 0))
     if not _is_our_broker(pid, data_dir):
         return None
-    broker = LocalBroker(data_dir, int(state["port"]), int(state["controller_port"]), pid)
+    broker = LocalBroker(data_dir, int(state["port"]), int(state["controller_port"]), pid,
+                         state.get("sasl_ssl_port"))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:  # it may still be starting (another process)
         if _run_sync(broker_answers(broker.bootstrap, timeout_s=5)):
@@ -569,8 +632,12 @@ def start_broker(
     timeout_s: float = 90,
     heap: str = "512m",
     extra_config: dict[str, str] | None = None,
+    sasl_ssl: SaslSslListener | None = None,
 ) -> LocalBroker:
     """Start (or find already running) a local KRaft Kafka broker and wait until it answers.
+
+    With ``sasl_ssl`` it also listens for SASL_SSL clients (its users are created when the
+    storage is formatted, so on a first start only).
 
     ``port`` defaults to the port recorded in ``data_dir`` (restart) or a free loopback port;
     ``data_dir`` defaults to :func:`find_data_dir` of the port. Storage is formatted only the
@@ -603,7 +670,14 @@ def start_broker(
         controller_port = int(state.get("controller_port", 0))
         if not controller_port or controller_port == port or not _port_free(controller_port):
             controller_port = _free_port(exclude={port})
-        return _launch(data_dir, port, controller_port, timeout_s, heap, extra_config)
+        sasl_ssl_port = None
+        if sasl_ssl is not None:
+            taken = {port, controller_port}
+            sasl_ssl_port = sasl_ssl.port or int(state.get("sasl_ssl_port") or 0)
+            if not sasl_ssl_port or sasl_ssl_port in taken or not _port_free(sasl_ssl_port):
+                sasl_ssl_port = _free_port(exclude=taken)
+        return _launch(data_dir, port, controller_port, timeout_s, heap, extra_config,
+                       sasl_ssl=sasl_ssl, sasl_ssl_port=sasl_ssl_port)
 
 
 def _launch(
@@ -615,13 +689,16 @@ def _launch(
     extra_config: dict[str, str] | None,
     cluster_id: str | None = None,
     wait: bool = True,
+    sasl_ssl: SaslSslListener | None = None,
+    sasl_ssl_port: int | None = None,
 ) -> LocalBroker:
     libs = ensure_kafka()
     java = _checked_java()
     properties = data_dir / _PROPERTIES_FILE
-    config = _server_config(data_dir, port, controller_port, extra_config)
+    config = _server_config(data_dir, port, controller_port, extra_config, sasl_ssl,
+                            sasl_ssl_port)
     _write_properties(properties, config)
-    _format_storage(java, libs, properties, config, cluster_id)
+    _format_storage(java, libs, properties, config, cluster_id, _scram_args(sasl_ssl))
 
     log = data_dir / _LOG_FILE
     if log.exists():
@@ -637,12 +714,13 @@ def _launch(
         "pid": proc.pid,
         "port": port,
         "controller_port": controller_port,
+        "sasl_ssl_port": sasl_ssl_port,
         "version": KAFKA_VERSION,
         "bootstrap": f"127.0.0.1:{port}",
         "started_at": time.time(),
     }
     _write_atomic(data_dir / _STATE_FILE, json.dumps(state, indent=1) + "\n")
-    broker = LocalBroker(data_dir, port, controller_port, proc.pid)
+    broker = LocalBroker(data_dir, port, controller_port, proc.pid, sasl_ssl_port)
     if wait:
         _wait_ready(broker, timeout_s)
     return broker
@@ -764,16 +842,18 @@ def _split_bootstrap(bootstrap: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def describe_cluster(bootstrap: str, timeout_s: float = 10) -> dict[str, object]:
-    """Cluster id, controller id, brokers and topic names of the cluster at ``bootstrap``."""
+async def describe_cluster(bootstrap: str, timeout_s: float = 10,
+                           opts: KafkaOptions | None = None) -> dict[str, object]:
+    """Cluster id, controller id, brokers and topic names of the cluster at ``bootstrap``
+    (connected with ``opts``' security; default plaintext)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
+    from pipeline.kafka_clients import KafkaOptions, admin_kwargs
+
     async def query() -> dict[str, object]:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            request_timeout_ms=max(1000, int(timeout_s * 1000)),
-            client_id="adstream-kafka-local",
-        )
+        admin = AIOKafkaAdminClient(**admin_kwargs(
+            bootstrap, opts or KafkaOptions(), "adstream-kafka-local",
+            request_timeout_ms=max(1000, int(timeout_s * 1000))))
         try:
             await admin.start()
             cluster = await admin.describe_cluster()
@@ -794,8 +874,10 @@ async def describe_cluster(bootstrap: str, timeout_s: float = 10) -> dict[str, o
     return await asyncio.wait_for(query(), timeout_s)
 
 
-async def broker_answers(bootstrap: str, timeout_s: float = 5) -> bool:
-    """Whether a Kafka cluster answers at ``bootstrap`` and has at least one live broker."""
+async def broker_answers(bootstrap: str, timeout_s: float = 5,
+                         opts: KafkaOptions | None = None) -> bool:
+    """Whether a Kafka cluster answers at ``bootstrap`` (with ``opts``' security) and has at
+    least one live broker."""
     try:
         host, port = _split_bootstrap(bootstrap)
     except ValueError:
@@ -805,7 +887,7 @@ async def broker_answers(bootstrap: str, timeout_s: float = 5) -> bool:
         return False
     left = max(0.5, timeout_s - (time.monotonic() - start))
     try:
-        info = await describe_cluster(bootstrap, timeout_s=left)
+        info = await describe_cluster(bootstrap, timeout_s=left, opts=opts)
     except Exception:  # noqa: BLE001 - any failure means "does not answer"
         return False
     brokers = info.get("brokers")

@@ -9,12 +9,16 @@ shows every partition of every group.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.transport.base import TP, Transport
+
+if TYPE_CHECKING:
+    from pipeline.kafka_clients import KafkaOptions
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ def lag_reader(transport: Transport, request_timeout_ms: int = 10_000) -> LagRea
     from pipeline.transport.kafka import KafkaTransport
 
     if isinstance(transport, KafkaTransport):
-        return KafkaLagReader(transport.bootstrap, transport.opts.client_id, request_timeout_ms)
+        return KafkaLagReader(transport.bootstrap, transport.opts, request_timeout_ms)
     raise TypeError(f"no lag reader for {type(transport).__name__}")
 
 
@@ -98,11 +102,14 @@ class KafkaLagReader(LagReader):
     does not reconnect each time.
     """
 
-    def __init__(self, bootstrap: str, client_id: str = "adstream",
+    def __init__(self, bootstrap: str, opts: KafkaOptions | None = None,
                  request_timeout_ms: int = 10_000) -> None:
+        from pipeline.kafka_clients import KafkaOptions
+
         self.bootstrap = bootstrap
-        self.client_id = f"{client_id}-lag"
-        self.request_timeout_ms = request_timeout_ms
+        base = opts or KafkaOptions()
+        self.opts = dataclasses.replace(base, request_timeout_ms=request_timeout_ms)
+        self.client_id = f"{base.client_id}-lag"
         self._admin: Any = None
         self._consumer: Any = None
 
@@ -110,19 +117,20 @@ class KafkaLagReader(LagReader):
         from aiokafka import AIOKafkaConsumer
         from aiokafka.admin import AIOKafkaAdminClient
 
+        from pipeline.kafka_clients import admin_kwargs, consumer_kwargs
+        from pipeline.kafka_reach import started
+
         if self._admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
-                                        client_id=self.client_id,
-                                        request_timeout_ms=self.request_timeout_ms)
-            await admin.start()
-            self._admin = admin
+            self._admin = await started(
+                lambda: AIOKafkaAdminClient(**admin_kwargs(self.bootstrap, self.opts,
+                                                           self.client_id)),
+                self.bootstrap, self.opts, "lag reader")
         if self._consumer is None:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
-                                        client_id=self.client_id, group_id=None,
-                                        enable_auto_commit=False,
-                                        request_timeout_ms=self.request_timeout_ms)
-            await consumer.start()
-            self._consumer = consumer
+            self._consumer = await started(
+                lambda: AIOKafkaConsumer(**consumer_kwargs(
+                    self.bootstrap, self.opts, self.client_id, group_id=None,
+                    enable_auto_commit=False)),
+                self.bootstrap, self.opts, "lag reader")
         return self._admin, self._consumer
 
     async def close(self) -> None:

@@ -1,4 +1,5 @@
-"""structlog set-up: JSON lines in production, readable lines on a terminal."""
+"""structlog set-up: JSON lines in production, readable lines on a terminal; the standard
+logging of client libraries goes to stderr with aiokafka's repeated errors collapsed."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import logging
 import sys
 
 import structlog
+
+from pipeline.log_collapse import CollapseRepeats
 
 
 def configure(fmt: str = "auto", level: str = "info") -> None:
@@ -32,3 +35,6 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(lvl, logging.WARNING), stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # the client library's repeats, collapsed
+        if not any(isinstance(f, CollapseRepeats) for f in handler.filters):
+            handler.addFilter(CollapseRepeats())

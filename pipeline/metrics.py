@@ -36,6 +36,7 @@ from pipeline import headers as H
 from pipeline.batcher import BatchObserver
 from pipeline.lag import LagReader, PartitionLag, error_text
 from pipeline.middleware import Middleware
+from pipeline.setting_rules import setting
 from pipeline.transport.base import TP, Outgoing, Record
 
 if TYPE_CHECKING:
@@ -48,10 +49,10 @@ log = structlog.get_logger("adstream.metrics")
 class MetricsSection:
     """The metrics/health HTTP endpoint of each worker process."""
 
-    port: int = 0  # /metrics, /healthz, /readyz on this port; 0 = off
-    host: str = "0.0.0.0"  # interface to listen on
-    lag_interval_s: float = 5.0  # how often consumer lag is read from the broker
-    stall_after_s: float = 10.0  # /healthz fails when the event loop did not run this long
+    port: int = setting(0, ge=0, le=65535)  # /metrics, /healthz, /readyz on this port; 0 = off
+    host: str = setting("0.0.0.0", nonempty=True)  # interface to listen on
+    lag_interval_s: float = setting(5.0, gt=0)  # how often consumer lag is read from the broker
+    stall_after_s: float = setting(10.0, gt=0)  # /healthz fails when the event loop did not run this long
 
 
 # name -> (type, help). Counters are exported as <name>_total, histograms as _bucket/_sum/_count.

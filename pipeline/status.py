@@ -27,6 +27,8 @@ from aiokafka.errors import KafkaError
 from pipeline import runner
 from pipeline.config import KafkaSection, LogSection, load_config
 from pipeline.in_process import refuse_in_process
+from pipeline.kafka_clients import kafka_options
+from pipeline.kafka_reach import KafkaUnavailable
 from pipeline.lag import (
     GroupInfo,
     KafkaLagReader,
@@ -273,7 +275,8 @@ class Observer:
         self.settings = settings
         self.endpoints = endpoints
         self.discover = discover
-        self.reader = KafkaLagReader(settings.kafka.bootstrap, settings.kafka.client_id,
+        self.reader = KafkaLagReader(settings.kafka.bootstrap,
+                                     kafka_options(settings.kafka, wait_for_broker=False),
                                      request_timeout_ms=10_000)
         self._last: Scrape | None = None
         self.scraped = False  # whether the last observation read any metrics endpoint
@@ -320,6 +323,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 await _watch(observer, s.kafka.bootstrap, args.interval, stop)
                 return 0
             groups, errors = await asyncio.wait_for(once(), args.timeout)
+        except KafkaUnavailable as e:
+            print(f"adstream status: {e}", file=sys.stderr)
+            return 2
         except (TimeoutError, KafkaError) as e:
             print(f"adstream status: {_kafka_problem(s.kafka.bootstrap, e)}", file=sys.stderr)
             return 2
@@ -358,6 +364,9 @@ async def _watch(observer: Observer, bootstrap: str, interval_s: float,
             try:
                 groups, errors = await asyncio.wait_for(observer.observe(), 30)
                 live.update(render(groups, bootstrap, errors), refresh=True)
+            except KafkaUnavailable as e:
+                await observer.close()
+                live.update(Text(str(e), style="red"), refresh=True)
             except (TimeoutError, KafkaError) as e:
                 await observer.close()  # reconnect on the next round
                 live.update(Text(_kafka_problem(bootstrap, e), style="red"), refresh=True)

@@ -134,3 +134,24 @@ def test_cluster_ids_never_start_with_a_dash() -> None:
     from pipeline.kafka_local import _new_cluster_id
 
     assert not any(_new_cluster_id().startswith("-") for _ in range(5000))
+
+
+def test_sasl_ssl_listener_properties_and_scram_users(tmp_path: Path) -> None:
+    listener = kafka_local.SaslSslListener(tmp_path / "keystore.pem", (("u1", "p1"), ("u2", "p2")),
+                                           ("PLAIN", "SCRAM-SHA-512"))
+    config = kafka_local._server_config(tmp_path, 9092, 9093, None, listener, 9094)
+    assert config["listeners"].endswith(",SASL_SSL://127.0.0.1:9094")
+    assert config["advertised.listeners"] == (
+        "PLAINTEXT://127.0.0.1:9092,SASL_SSL://127.0.0.1:9094")
+    assert "SASL_SSL:SASL_SSL" in config["listener.security.protocol.map"]
+    assert config["inter.broker.listener.name"] == "PLAINTEXT"
+    prefix = "listener.name.sasl_ssl."
+    assert config[prefix + "sasl.enabled.mechanisms"] == "PLAIN,SCRAM-SHA-512"
+    assert config[prefix + "ssl.keystore.type"] == "PEM"
+    assert 'user_u1="p1" user_u2="p2"' in config[prefix + "plain.sasl.jaas.config"]
+    assert "ScramLoginModule" in config[prefix + "scram-sha-512.sasl.jaas.config"]
+    assert kafka_local._scram_args(listener) == [
+        "--add-scram", "SCRAM-SHA-512=[name=u1,password=p1]",
+        "--add-scram", "SCRAM-SHA-512=[name=u2,password=p2]"]
+    plain = kafka_local._server_config(tmp_path, 9092, 9093, None)
+    assert "SASL_SSL" not in plain["listeners"] and kafka_local._scram_args(None) == []

@@ -38,7 +38,7 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
         s.topics.replication = args.replication
 
     async def go(stop: asyncio.Event) -> list[str]:
-        return await ensure_topics(s, transport_for(s))
+        return await ensure_topics(s, transport_for(s, wait_for_broker=False))
 
     created = runner.run(go)
     t = s.topics
@@ -101,7 +101,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     results_topic = args.reply_to or s.topics.results
 
     async def go(stop: asyncio.Event) -> int:
-        transport = transport_for(s)
+        transport = transport_for(s, wait_for_broker=False)
         if await transport.partitions(topic) == 0:
             print(f"adstream produce: topic {topic!r} does not exist at {s.kafka.bootstrap}; "
                   "run `adstream topics create` first", file=sys.stderr)
@@ -222,17 +222,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from pipeline.config import reference_markdown
+    from pipeline.config import reference_markdown, to_toml
 
     s = _settings(args)
     if args.reference:
         print(reference_markdown(Settings))
         return 0
-    for table in vars(s):
-        print(f"[{table}]")
-        for key, value in vars(getattr(s, table)).items():
-            print(f"{key} = {json.dumps(value)}")
-        print()
+    print(to_toml(s, masked=True))  # secrets that are set show as "***"
     return 0
 
 

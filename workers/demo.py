@@ -43,6 +43,7 @@ def _print_summary(broker: str, results: dict[str, ScoreResult], sent: dict[str,
 
 def run_demo(settings: Settings, *, broker: str, requests: int, seed: int, rate: float) -> int:
     from loadtest.generate import generate
+    from pipeline.kafka_clients import kafka_options
     from workers.client import ResultWaiter, send_requests
     from workers.model_build import build_reference_model
     from workers.roles import ensure_topics, run_roles, transport_for
@@ -54,7 +55,8 @@ def run_demo(settings: Settings, *, broker: str, requests: int, seed: int, rate:
         label = "in-process broker (memory://demo)"
     else:
         bootstrap = settings.kafka.bootstrap
-        if not asyncio.run(kafka_local.broker_answers(bootstrap, timeout_s=2)):
+        opts = kafka_options(settings.kafka)
+        if not asyncio.run(kafka_local.broker_answers(bootstrap, timeout_s=2, opts=opts)):
             _host, _, port = bootstrap.partition(":")
             print(f"no Kafka broker answers at {bootstrap}; starting one (the first start "
                   "downloads Kafka from Maven Central, once)")

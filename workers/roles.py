@@ -11,6 +11,7 @@ import structlog
 from pipeline.actor import Actor, Handler
 from pipeline.batcher import DynamicBatcher
 from pipeline.endpoint import keep_fresh, start_server
+from pipeline.kafka_clients import kafka_options
 from pipeline.metrics import Check, Metrics
 from pipeline.middleware import Middleware
 from pipeline.transport import Transport, open_transport
@@ -28,8 +29,13 @@ FUSED = ("fused",)  # one hop: the fused role answers requests itself
 log = structlog.get_logger("adstream.roles")
 
 
-def transport_for(settings: Settings) -> Transport:
-    return open_transport(settings.kafka.bootstrap, **settings.kafka.client_options())
+def transport_for(settings: Settings, *, wait_for_broker: bool = True) -> Transport:
+    """The transport of ``settings``; a worker's waits ``kafka.connect_timeout_s`` for its
+    broker, a one-shot command's (``wait_for_broker=False``) reports a missing one at once."""
+    if settings.kafka.bootstrap.startswith("memory://"):
+        return open_transport(settings.kafka.bootstrap)
+    return open_transport(settings.kafka.bootstrap,
+                          kafka_options(settings.kafka, wait_for_broker=wait_for_broker))
 
 
 def model_spec(settings: Settings) -> ModelSpec:

@@ -1,56 +1,59 @@
-"""adstream's settings: the runtime's tables plus one per role (see ``adstream config``)."""
+"""adstream's settings: the runtime's tables plus one per role (see ``adstream config``).
+
+Each setting's allowed values are declared on its field (``setting(default, ge=...)``);
+loading refuses anything else and the README's configuration reference shows the same.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from pipeline.config import ActorSection, KafkaSection, LogSection
 from pipeline.metrics import MetricsSection
+from pipeline.setting_rules import setting
+from workers.backend_names import BACKENDS
 
 
 @dataclass
 class TopicsSection:
-    requests: str = "ads.requests"  # ScoreRequests, keyed by user id
-    features: str = "ads.features"  # FeatureChunks, keyed by request id and chunk
-    scores: str = "ads.scores"  # ScoreChunks, keyed by request id
-    results: str = "ads.results"  # ScoreResults (unless a request names its reply_to)
-    dlq: str = "ads.dlq"  # DeadLetters: what could not be processed, and why
-    changelog: str = "ads.aggregator.changelog"  # answered request ids (exactly-once only)
-    partitions: int = 8  # used by `adstream topics create`
-    replication: int = 1  # replication factor for `adstream topics create`
+    requests: str = setting("ads.requests", nonempty=True)  # ScoreRequests, keyed by user id
+    features: str = setting("ads.features", nonempty=True)  # FeatureChunks, keyed by request id and chunk
+    scores: str = setting("ads.scores", nonempty=True)  # ScoreChunks, keyed by request id
+    results: str = setting("ads.results", nonempty=True)  # ScoreResults (unless a request names its reply_to)
+    dlq: str = setting("ads.dlq", nonempty=True)  # DeadLetters: what could not be processed, and why
+    changelog: str = setting("ads.aggregator.changelog", nonempty=True)  # answered request ids (exactly-once only)
+    partitions: int = setting(8, ge=1)  # used by `adstream topics create`
+    replication: int = setting(1, ge=1, le=32767)  # replication factor for `adstream topics create`
 
 
 @dataclass
 class FeaturesSection:
-    chunk_rows: int = 256  # candidates per FeatureChunk; large requests fan out
+    chunk_rows: int = setting(256, ge=1)  # candidates per FeatureChunk; large requests fan out
     spec: str = ""  # feature spec TOML; empty = the bundled default
-    default_timeout_ms: int = 10_000  # deadline for requests that carry none
-    max_candidates: int = 10_000
-    key: str = "request"  # key of FeatureChunks/ScoreChunks: request (spread) or user (ordered)
-
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"key": ("request", "user")}
+    default_timeout_ms: int = setting(10_000, ge=1)  # deadline for requests that carry none
+    max_candidates: int = setting(10_000, ge=1)  # larger requests are rejected
+    key: str = setting("request", choices=("request", "user"))  # key of FeatureChunks/ScoreChunks: request (spread) or user (ordered)
 
 
 @dataclass
 class ScorerSection:
-    model_repo: str = "models"  # Triton-style repository: <name>/<version>/model.onnx
-    model: str = "ctr"  # model name in the repository
-    version: int = 0  # 0 = the highest version in the repository
-    backend: str = ""  # empty = the model's config.toml; onnxruntime or cupy
-    max_batch_rows: int = 0  # 0 = the model's config.toml
+    model_repo: str = setting("models", nonempty=True)  # Triton-style repository: <name>/<version>/model.onnx
+    model: str = setting("ctr", nonempty=True)  # model name in the repository
+    version: int = setting(0, ge=0)  # 0 = the highest version in the repository
+    backend: str = setting("", choices=("", *BACKENDS))  # empty = the model's config.toml
+    max_batch_rows: int = setting(0, ge=0)  # 0 = the model's config.toml
     max_wait_ms: float = -1.0  # <0 = the model's config.toml
-    instances: int = 0  # model instances (threads); 0 = the model's config.toml
-    intra_op_threads: int = 0  # onnxruntime threads per instance; 0 = the model's config.toml
-    precision: str = "float32"  # cupy: float32 or float16 (weights and activations)
+    instances: int = setting(0, ge=0)  # model instances (threads); 0 = the model's config.toml
+    intra_op_threads: int = setting(0, ge=0)  # onnxruntime threads per instance; 0 = the model's config.toml
+    precision: str = setting("float32", choices=("float32", "float16"))  # cupy: weights and activations
     cuda_graphs: bool = False  # cupy: pad batches to preferred sizes and replay CUDA graphs
-    gpu_pool_fraction: float = 0.8  # cupy: device memory pool limit, fraction of the GPU
+    gpu_pool_fraction: float = setting(0.8, gt=0, le=1)  # cupy: device memory pool limit, fraction of the GPU
 
 
 @dataclass
 class AggregatorSection:
-    dedupe_capacity: int = 200_000  # finished request ids remembered to drop duplicate chunks
-    tick_ms: int = 5  # how often deadlines are checked
+    dedupe_capacity: int = setting(200_000, ge=1)  # finished request ids remembered to drop duplicate chunks
+    tick_ms: int = setting(5, ge=1)  # how often deadlines are checked
 
 
 @dataclass

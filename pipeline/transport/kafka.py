@@ -1,5 +1,10 @@
 """The Kafka transport: aiokafka consumers and producers with safe defaults.
 
+Clients take their arguments from ``pipeline.kafka_clients`` (security, pass-through
+options) and start through ``pipeline.kafka_reach.started``: a worker started before its
+broker waits for it (``kafka.connect_timeout_s``), and a broker that cannot be used is one
+line naming it and the cause.
+
 Producers use ``acks=all`` and idempotence, so what Kafka acknowledged is never lost or
 reordered by retries; batches are large (1 MB) because the broker's CPU per request, not the
 network, limits a small machine.
@@ -8,14 +13,22 @@ network, limits a small machine.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import time
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError
 from aiokafka.structs import TopicPartition
 
+from pipeline.kafka_clients import (
+    KafkaOptions,
+    admin_kwargs,
+    consumer_kwargs,
+    producer_kwargs,
+)
+from pipeline.kafka_reach import LOG_EVERY_S, started
 from pipeline.transport.base import (
     TP,
     CommitFailed,
@@ -27,23 +40,7 @@ from pipeline.transport.base import (
     Transport,
 )
 
-
-@dataclass(frozen=True)
-class KafkaOptions:
-    """Client settings the runtime exposes in its configuration."""
-
-    client_id: str = "adstream"
-    linger_ms: int = 0
-    max_batch_bytes: int = 1024 * 1024
-    max_request_bytes: int = 8 * 1024 * 1024
-    compression: str | None = None
-    request_timeout_ms: int = 30_000
-    session_timeout_ms: int = 10_000
-    heartbeat_interval_ms: int = 3_000
-    max_poll_interval_ms: int = 300_000
-    fetch_max_bytes: int = 2 * 1024 * 1024
-    partition_fetch_bytes: int = 1024 * 1024
-    isolation_level: str = "read_uncommitted"
+log = structlog.get_logger("adstream.kafka")
 
 
 def _tp(tp: TopicPartition) -> TP:
@@ -78,9 +75,11 @@ class KafkaConsumer(Consumer):
         self.group_id = group_id
         self.listener = listener
         self.from_end = from_end
-        self._c = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            client_id=opts.client_id,
+        self.bootstrap = bootstrap
+        self.opts = opts
+        self._c: Any = None  # made by start(), once a broker answers
+        self._kwargs = consumer_kwargs(
+            bootstrap, opts,
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="latest" if from_end else "earliest",
@@ -90,11 +89,11 @@ class KafkaConsumer(Consumer):
             fetch_max_bytes=opts.fetch_max_bytes,
             max_partition_fetch_bytes=opts.partition_fetch_bytes,
             isolation_level="read_committed" if read_committed else opts.isolation_level,
-            request_timeout_ms=opts.request_timeout_ms,
         )
 
     async def start(self) -> None:
-        await self._c.start()
+        self._c = await started(lambda: AIOKafkaConsumer(**self._kwargs), self.bootstrap,
+                                self.opts, "consumer")
         if self.group_id is None:
             tps: list[TopicPartition] = []
             for t in self.topics:
@@ -106,8 +105,34 @@ class KafkaConsumer(Consumer):
             else:
                 await self._c.seek_to_beginning(*tps)
         else:
+            await self._wait_for_topics()
             listener = _Listener(self.listener) if self.listener else None
             self._c.subscribe(self.topics, listener=listener)
+
+    async def _wait_for_topics(self) -> None:
+        """A member that subscribes before its topics exist would see them only at the next
+        metadata refresh (minutes), so wait for them as for the broker: up to
+        ``connect_timeout_s``, one line every few seconds; then subscribe anyway."""
+        deadline = time.monotonic() + self.opts.connect_timeout_s
+        next_log = time.monotonic() + LOG_EVERY_S
+        while True:
+            for t in self.topics:
+                self._c._client.add_topic(t)
+            await self._c._client.force_metadata_update()
+            missing = [t for t in self.topics if not self._c.partitions_for_topic(t)]
+            now = time.monotonic()
+            if not missing:
+                return
+            if now >= deadline:
+                if self.opts.connect_timeout_s > 0:
+                    log.warning("topics missing; subscribing anyway", topics=missing,
+                                bootstrap=self.bootstrap)
+                return
+            if now >= next_log:
+                log.warning("waiting for topics", topics=missing, bootstrap=self.bootstrap,
+                            gives_up_in_s=round(deadline - now))
+                next_log = now + LOG_EVERY_S
+            await asyncio.sleep(min(1.0, deadline - now))
 
     async def _partitions_of(self, topic: str) -> list[int]:
         for _ in range(50):
@@ -120,7 +145,8 @@ class KafkaConsumer(Consumer):
         raise KeyError(f"topic {topic!r} does not exist (or has no partitions)")
 
     async def stop(self) -> None:
-        await self._c.stop()
+        if self._c is not None:
+            await self._c.stop()
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[TP, list[Record]]:
         batch = await self._c.getmany(timeout_ms=timeout_ms, max_records=max_records)
@@ -134,7 +160,7 @@ class KafkaConsumer(Consumer):
         }
 
     def assignment(self) -> set[TP]:
-        return {_tp(tp) for tp in self._c.assignment()}
+        return set() if self._c is None else {_tp(tp) for tp in self._c.assignment()}
 
     def seek(self, tp: TP, offset: int) -> None:
         self._c.seek(TopicPartition(*tp), offset)
@@ -178,24 +204,27 @@ class KafkaConsumer(Consumer):
 class KafkaProducer(Producer):
     def __init__(self, bootstrap: str, opts: KafkaOptions,
                  transactional_id: str | None = None) -> None:
-        self._p = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+        self.bootstrap = bootstrap
+        self.opts = opts
+        self._p: Any = None  # made by start(), once a broker answers
+        self._kwargs = producer_kwargs(
+            bootstrap, opts,
             transactional_id=transactional_id,
-            client_id=opts.client_id,
             acks="all",
             enable_idempotence=True,
             linger_ms=opts.linger_ms,
             max_batch_size=opts.max_batch_bytes,
             max_request_size=opts.max_request_bytes,
             compression_type=opts.compression,
-            request_timeout_ms=opts.request_timeout_ms,
         )
 
     async def start(self) -> None:
-        await self._p.start()
+        self._p = await started(lambda: AIOKafkaProducer(**self._kwargs), self.bootstrap,
+                                self.opts, "producer")
 
     async def stop(self) -> None:
-        await self._p.stop()
+        if self._p is not None:
+            await self._p.stop()
 
     async def flush(self) -> None:
         await self._p.flush()
@@ -243,11 +272,9 @@ class KafkaTransport(Transport):
         return KafkaProducer(self.bootstrap, self.opts, transactional_id)
 
     async def _admin(self) -> AIOKafkaAdminClient:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
-                                    client_id=self.opts.client_id,
-                                    request_timeout_ms=self.opts.request_timeout_ms)
-        await admin.start()
-        return admin
+        return await started(lambda: AIOKafkaAdminClient(**admin_kwargs(self.bootstrap,
+                                                                          self.opts)),
+                             self.bootstrap, self.opts, "admin")
 
     async def create_topics(
         self, names: list[str], partitions: int, replication: int = 1

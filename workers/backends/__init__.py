@@ -9,6 +9,7 @@ import logging
 from functools import cache
 from typing import Any
 
+from workers.backend_names import BACKENDS
 from workers.backends.base import (
     BackendUnavailableError,
     ScoringBackend,
@@ -29,7 +30,6 @@ __all__ = [
 
 logger = logging.getLogger("adstream.workers.backends")
 
-BACKENDS = ("onnxruntime", "cupy", "onnxruntime-cuda")
 _ONNX_OPTIONS = frozenset({"intra_op_threads"})
 _CUPY_OPTIONS = frozenset(
     {

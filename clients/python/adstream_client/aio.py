@@ -27,6 +27,8 @@ from adstream_client.errors import (
 )
 from adstream_client.wire import request_message
 from pipeline import headers as H
+from pipeline.config import KafkaSection
+from pipeline.kafka_clients import kafka_options
 from pipeline.transport import Consumer, Producer, Transport, open_transport
 from pipeline.transport.delete import delete_topics
 from schemas.errors import SchemaError
@@ -68,7 +70,7 @@ class AsyncClient:
         requests_topic: str = "ads.requests",
         reply_topic: str | None = None,
         timeout: float = 10.0,
-        kafka_options: Mapping[str, Any] | None = None,
+        kafka: KafkaSection | None = None,
         open_timeout: float = 30.0,
         linger_s: float = 1.0,
     ) -> None:
@@ -79,7 +81,7 @@ class AsyncClient:
         self.timeout = timeout
         self.open_timeout = open_timeout
         self.linger_s = linger_s  # after an unanswered request, before the topic goes
-        self._kafka_options = dict(kafka_options or {})
+        self._kafka = kafka or KafkaSection()  # TLS/SASL and client settings, as adstream's
         self._transport: Transport | None = None
         self._producer: Producer | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -107,7 +109,8 @@ class AsyncClient:
             raise ClientError("this client is already open")
         if self._closed:
             raise ClientClosed("this client was closed; make a new one")
-        transport = open_transport(self.bootstrap, **self._kafka_options)
+        transport = open_transport(self.bootstrap,
+                                   kafka_options(self._kafka, wait_for_broker=False))
         try:
             async with asyncio.timeout(self.open_timeout):
                 await self._start(transport)

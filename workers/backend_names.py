@@ -1,0 +1,3 @@
+"""The scoring backends' names (importable without loading any backend or onnx)."""
+
+BACKENDS = ("onnxruntime", "cupy", "onnxruntime-cuda")
