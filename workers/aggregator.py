@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline import headers as H
 from pipeline.actor import Handler, Held, PartitionLost, Result, Send
+from pipeline.timeslice import TimeSlice
 from pipeline.transport.base import TP, Outgoing, Record, Transport
 from schemas.messages import ScoreChunk, ScoreResult, decode, encode, schema_name
 from workers.ranking import rank
@@ -76,7 +77,9 @@ class Aggregator(Handler):
     async def handle(self, records: Sequence[Record]) -> list[Result]:
         limit = self.s.actor.max_message_bytes
         results: list[Result] = []
+        slice_ = TimeSlice()
         for rec in records:
+            await slice_.check()
             try:
                 chunk = decode(rec.value, ScoreChunk, max_bytes=limit)
             except Exception as e:  # noqa: BLE001 - that record's reason, for its dead letter

@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline import headers as H
 from pipeline.actor import Handler, Result
+from pipeline.timeslice import TimeSlice
 from pipeline.transport.base import Outgoing, Record, Transport
 from schemas.errors import SchemaError
 from schemas.messages import (
@@ -54,7 +55,9 @@ class FeatureActor(Handler):
         results, live = await self.prepare(records)
         by_user = self.s.features.key == "user"
         topic, step = self.s.topics.features, self.s.features.chunk_rows
+        slice_ = TimeSlice()
         for item in live:
+            await slice_.check()
             req, n = item.request, item.request.n_candidates
             n_chunks = (n + step - 1) // step
             bid = req.candidates["bid"].astype("<f4", copy=False)
@@ -80,7 +83,9 @@ class FeatureActor(Handler):
         results: list[Result] = [[] for _ in records]
         live: list[Prepared] = []
         now_ms = time.time() * 1000
+        slice_ = TimeSlice()
         for i, rec in enumerate(records):
+            await slice_.check()
             try:
                 made = await self._decode(rec, now_ms)
             except Exception as e:  # noqa: BLE001 - that record's reason, for its dead letter

@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline import headers as H
 from pipeline.actor import Handler, Result, Send
+from pipeline.timeslice import TimeSlice
 from pipeline.transport.base import TP, Outgoing, Record
 from schemas.messages import ScoreResult, encode, schema_name
 from workers.feature_actor import FeatureActor, Prepared
@@ -45,7 +46,9 @@ class FusedFeaturesScorer(Handler):
             return results
         scores = await self.scorer.score([Rows(p.dense, p.sparse, p.deadline_ms,
                                                p.request.priority) for p in live])
+        slice_ = TimeSlice()
         for p, sc in zip(live, scores, strict=True):
+            await slice_.check()
             results[p.index] = [self._answer(p, sc)]
         return results
 

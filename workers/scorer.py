@@ -12,6 +12,7 @@ import numpy as np
 from pipeline import headers as H
 from pipeline.actor import Handler, Result, Send
 from pipeline.batcher import DynamicBatcher
+from pipeline.timeslice import TimeSlice
 from pipeline.transport.base import Outgoing, Record
 from schemas.errors import SchemaError
 from schemas.messages import (
@@ -63,7 +64,9 @@ class ScoringWorker(Handler):
         live: list[tuple[int, FeatureChunk]] = []
         now_ms = time.time() * 1000
         limit = self.s.actor.max_message_bytes
+        slice_ = TimeSlice()
         for i, rec in enumerate(records):
+            await slice_.check()
             try:
                 chunk = decode(rec.value, FeatureChunk, max_bytes=limit)
                 self._check_shapes(chunk)
@@ -80,6 +83,7 @@ class ScoringWorker(Handler):
             scores = await self.score([Rows(c.dense, c.sparse, c.deadline_ms, c.priority)
                                        for _, c in live])
             for (i, chunk), sc in zip(live, scores, strict=True):
+                await slice_.check()
                 results[i] = [self._output(records[i], chunk, sc)]
         return results
 
