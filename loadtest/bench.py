@@ -321,8 +321,15 @@ class Broker:
     pid: int | None
     started: Any = None  # kafka_local.LocalBroker when this run started it
 
+    async def stop(self) -> None:
+        """Stop the broker if this run started it (one that already answered stays)."""
+        if self.started is not None:
+            from pipeline import kafka_local
 
-async def _broker(settings: Settings, tmp: Path) -> Broker:
+            await asyncio.to_thread(kafka_local.stop_broker, self.started.data_dir)
+
+
+async def broker_for(settings: Settings, tmp: Path) -> Broker:
     """The broker at the configured bootstrap when one answers, else one started here."""
     from pipeline import kafka_local
 
@@ -380,7 +387,7 @@ async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "au
     from workers.roles import ensure_topics, transport_for
 
     tmp = Path(tempfile.mkdtemp(prefix="adstream-bench-", dir=keep_dir))
-    broker = await _broker(settings, tmp)
+    broker = await broker_for(settings, tmp)
     workers: WorkerSet | None = None
     try:
         s = bench_settings(settings, plan, broker.bootstrap)
@@ -486,10 +493,7 @@ async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "au
     finally:
         if workers is not None:
             await asyncio.to_thread(workers.stop)
-        if broker.started is not None:
-            from pipeline import kafka_local
-
-            await asyncio.to_thread(kafka_local.stop_broker, broker.started.data_dir)
+        await broker.stop()
         if keep_dir is None:
             shutil.rmtree(tmp, ignore_errors=True)
 

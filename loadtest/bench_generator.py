@@ -1,0 +1,168 @@
+"""What the load generator itself costs: its CPU per request at a given rate, on real Kafka.
+
+The generator replays generated requests open loop (as ``adstream loadtest replay`` does)
+to a trivial responder in its own process (:mod:`loadtest.echo`), so the pipeline's cost is
+out of the picture. CPU time of each process (this one, the responder, a local broker) is
+read from ``/proc`` around the measured replay. The baseline, from the same run, is the
+responder: per request it also does one consume and one produce through the same
+transport, with nothing else.
+
+    python -m loadtest.bench_generator --rate 1000 --duration 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from loadtest import arrivals, environment
+from loadtest.bench import BenchError, BenchPlan, bench_settings, broker_for
+from loadtest.generate import generate, write_jsonl
+from loadtest.processes import CpuMeter
+from loadtest.run import RunOptions, replay_target, run_document, short_gc_pauses
+from loadtest.target import Target
+from loadtest.traffic import Traffic
+from workers.settings import Settings
+
+GENERATOR = "load generator"
+RESPONDER = "echo responder"
+BROKER = "broker"
+BUDGET_MS = 0.1  # the generator's CPU per request the load tester should stay under
+
+
+def _start_responder(bootstrap: str, requests_topic: str, results_topic: str
+                     ) -> subprocess.Popen[bytes]:
+    """The echo responder in its own process, once it reads the requests topic."""
+    proc = subprocess.Popen([sys.executable, "-m", "loadtest.echo", bootstrap, requests_topic,
+                             results_topic], stdout=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != b"ready":
+        proc.kill()
+        raise BenchError(f"the echo responder did not start (exit {proc.wait()})")
+    return proc
+
+
+async def measure_generator(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Start (or find) the broker and the responder, replay, and return what each cost."""
+    from workers.roles import ensure_topics, transport_for
+
+    tmp = Path(tempfile.mkdtemp(prefix="adstream-bench-generator-"))
+    broker = await broker_for(settings, tmp)
+    responder: subprocess.Popen[bytes] | None = None
+    try:
+        s = bench_settings(settings, BenchPlan(partitions=args.partitions), broker.bootstrap)
+        path = tmp / "traffic.jsonl"
+        write_jsonl(path, generate(args.requests, seed=args.seed,
+                                   candidates=f"fixed:{args.candidates}",
+                                   timeout_ms=args.deadline_ms))
+        traffic = Traffic.load(path)
+        transport = transport_for(s)
+        try:
+            await ensure_topics(s, transport)
+            responder = await asyncio.to_thread(_start_responder, broker.bootstrap,
+                                                s.topics.requests, s.topics.results)
+            target = Target(s, transport, with_workers=False)
+            opts = RunOptions(warmup_s=min(2.0, args.duration / 4), timeout_s=10.0)
+            warm = arrivals.plan(traffic.at_ms, rate=args.rate, arrival="poisson",
+                                 duration_s=min(2.0, args.duration), seed=args.seed + 1)
+            await replay_target(target, traffic, warm, opts)  # connections, caches, JIT
+            schedule = arrivals.plan(traffic.at_ms, rate=args.rate, arrival="poisson",
+                                     duration_s=args.duration, seed=args.seed)
+            pids = {GENERATOR: os.getpid(), RESPONDER: responder.pid}
+            if broker.pid is not None:
+                pids[BROKER] = broker.pid
+            meter = CpuMeter(pids)
+            meter.start()
+            m, send_errors = await replay_target(target, traffic, schedule, opts)
+            cpu = meter.stop()
+        finally:
+            await transport.close()
+        run = run_document(m, traffic, opts, send_errors)
+        sent = run["summary"]["sent"]
+        per_request = {name: None if v is None else round(v * 1000 / max(1, sent), 4)
+                       for name, v in cpu.items() if name != "wall"}
+        return {"kind": "adstream.bench_generator", "rate": args.rate,
+                "duration_s": args.duration, "candidates": args.candidates,
+                "partitions": args.partitions, "bootstrap": broker.bootstrap,
+                "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "machine": environment.machine(), "sent": sent,
+                "outcomes": run["summary"]["outcomes"], "latency_ms": run["latency_ms"],
+                "stages": run["stages"], "cpu_s": cpu, "cpu_ms_per_request": per_request}
+    finally:
+        if responder is not None:
+            responder.terminate()
+            await asyncio.to_thread(responder.wait)
+        await broker.stop()
+
+
+def report_text(doc: dict[str, Any]) -> str:
+    m, cpu, per = doc["machine"], doc["cpu_s"], doc["cpu_ms_per_request"]
+    wall = cpu.get("wall") or 0.0
+    lag = next((st for st in doc["stages"] if st["name"] == "client send lag"), {})
+    lines = [
+        f"machine: {m.get('cpu', '?')}, {m.get('cpus', '?')} cpus",
+        (f"config: {doc['rate']:g} requests/s poisson for {doc['duration_s']:g} s, "
+         f"{doc['candidates']} candidates/request, {doc['partitions']} partitions, Kafka at "
+         f"{doc['bootstrap']}; answers from a trivial responder in its own process"),
+        (f"sent {doc['sent']}: " + ", ".join(f"{k} {v}" for k, v in doc["outcomes"].items()
+                                              if v)),
+        (f"latency from intended send times: p50 {doc['latency_ms']['p50']} ms, "
+         f"p99 {doc['latency_ms']['p99']} ms; client send lag p50 {lag.get('p50')} ms, "
+         f"p99 {lag.get('p99')} ms"),
+        "CPU per request (and cores busy):",
+    ]
+    for name, v in per.items():
+        cores = "–" if cpu.get(name) is None or not wall else f"{cpu[name] / wall:.2f}"
+        lines.append(f"    {name:<15} {'–' if v is None else f'{v:.4f} ms':>10}   {cores} cores")
+    gen, base = per.get(GENERATOR), per.get(RESPONDER)
+    if gen is not None and base:
+        lines.append(f"ratio load generator ÷ echo responder (one consume + one produce per "
+                     f"request): {gen / base:.2f}")
+    if gen is not None:
+        lines.append(f"load generator {gen:.4f} ms per request against a {BUDGET_MS:g} ms "
+                     f"budget: {'met' if gen <= BUDGET_MS else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rate", type=float, default=1000.0, help="requests per second")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds measured")
+    p.add_argument("--candidates", type=int, default=100, help="candidates per request")
+    p.add_argument("--requests", type=int, default=2000, help="distinct requests (cycled)")
+    p.add_argument("--deadline-ms", type=int, default=100)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--bootstrap", default=None,
+                   help="Kafka to use (default: the configured one; started when none answers)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    for flag, ok in (("--rate", args.rate > 0), ("--duration", args.duration > 0),
+                     ("--candidates", args.candidates >= 1), ("--requests", args.requests >= 1),
+                     ("--partitions", args.partitions >= 1)):
+        if not ok:
+            print(f"bench_generator: {flag} must be positive", file=sys.stderr)
+            return 2
+    settings = Settings()
+    if args.bootstrap:
+        settings.kafka.bootstrap = args.bootstrap
+    short_gc_pauses()
+    try:
+        doc = asyncio.run(measure_generator(settings, args))
+    except BenchError as e:
+        print(f"bench_generator: {e}", file=sys.stderr)
+        return 2
+    doc["command"] = " ".join(["python -m loadtest.bench_generator", *(argv or sys.argv[1:])])
+    print(report_text(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
