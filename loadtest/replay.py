@@ -11,6 +11,7 @@ intended time is lost.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ STAMPS = (H.SENT_MS,) + tuple(f"{H.STAGE_PREFIX}{s}.{edge}" for s in
                               for edge in ("in", "out"))
 HIGHEST_US = 3_600_000_000  # an hour, in microseconds
 LEAD_S = 0.05  # the first request is due this long after start() returns
+MAX_BURST = 256  # requests handed to the system in one go at most
 
 
 def new_histogram() -> HdrHistogram:
@@ -207,6 +209,9 @@ async def replay(
 
 async def _send_all(system: System, m: Measurement, deadlines: list[int | None],
                     stop: asyncio.Event | None) -> None:
+    """Hand every due request to the system in bursts: all the requests whose intended time
+    has come go in one ``send`` (at most ``MAX_BURST``, so answers are read while catching
+    up), and each one's latency still counts from its own intended time."""
     offsets = m.schedule.offsets_s.tolist()
     entries = m.schedule.entries.tolist()
     n = len(offsets)
@@ -220,19 +225,16 @@ async def _send_all(system: System, m: Measurement, deadlines: list[int | None],
             if stop is not None and stop.is_set():
                 m.interrupted = True
                 return
-            now = clock() - t0
-            burst = 0
-            while i < n and offsets[i] <= now and burst < 256:
-                sent[i] = clock()
-                await send(i, entries[i], t0 + offsets[i], deadlines[i])
-                i += 1
-                m.n_sent = i
-                burst += 1
-            if i >= n:
-                return
-            if burst >= 256:
-                await asyncio.sleep(0)  # let answers in while catching up
-            else:
+            j = bisect.bisect_right(offsets, clock() - t0, i, min(n, i + MAX_BURST))
+            if j > i:
+                sent[i:j] = clock()
+                await send(i, entries[i:j], [t0 + o for o in offsets[i:j]], deadlines[i:j])
+                full = j - i == MAX_BURST
+                m.n_sent = i = j
+                if full:
+                    await asyncio.sleep(0)  # let answers in while catching up
+                    continue
+            if i < n:
                 await pacer.wait_until(t0 + offsets[i])
 
 
