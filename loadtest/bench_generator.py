@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import datetime
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,66 +71,92 @@ async def measure_generator(settings: Settings, args: argparse.Namespace) -> dic
             responder = await asyncio.to_thread(_start_responder, broker.bootstrap,
                                                 s.topics.requests, s.topics.results)
             target = Target(s, transport, with_workers=False)
-            opts = RunOptions(warmup_s=min(2.0, args.duration / 4), timeout_s=10.0)
             warm = arrivals.plan(traffic.at_ms, rate=args.rate, arrival="poisson",
                                  duration_s=min(2.0, args.duration), seed=args.seed + 1)
-            await replay_target(target, traffic, warm, opts)  # connections, caches, JIT
-            schedule = arrivals.plan(traffic.at_ms, rate=args.rate, arrival="poisson",
-                                     duration_s=args.duration, seed=args.seed)
+            await replay_target(target, traffic, warm, RunOptions())  # connections, caches
             pids = {GENERATOR: os.getpid(), RESPONDER: responder.pid}
             if broker.pid is not None:
                 pids[BROKER] = broker.pid
-            meter = CpuMeter(pids)
-            meter.start()
-            m, send_errors = await replay_target(target, traffic, schedule, opts)
-            cpu = meter.stop()
+            runs = [await _measure_once(target, traffic, args, batch_ms, pids)
+                    for batch_ms in args.batch_ms]
         finally:
             await transport.close()
-        run = run_document(m, traffic, opts, send_errors)
-        sent = run["summary"]["sent"]
-        per_request = {name: None if v is None else round(v * 1000 / max(1, sent), 4)
-                       for name, v in cpu.items() if name != "wall"}
         return {"kind": "adstream.bench_generator", "rate": args.rate,
                 "duration_s": args.duration, "candidates": args.candidates,
                 "partitions": args.partitions, "bootstrap": broker.bootstrap,
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "machine": environment.machine(), "sent": sent,
-                "outcomes": run["summary"]["outcomes"], "latency_ms": run["latency_ms"],
-                "stages": run["stages"], "cpu_s": cpu, "cpu_ms_per_request": per_request}
+                "machine": environment.machine(), "runs": runs}
     finally:
         if responder is not None:
             responder.terminate()
             await asyncio.to_thread(responder.wait)
         await broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _measure_once(target: Target, traffic: Traffic, args: argparse.Namespace,
+                        batch_ms: float, pids: dict[str, int]) -> dict[str, Any]:
+    """One measured replay at ``args.rate`` sending in bursts of ``batch_ms``."""
+    opts = RunOptions(warmup_s=min(2.0, args.duration / 4), timeout_s=10.0, batch_ms=batch_ms)
+    schedule = arrivals.plan(traffic.at_ms, rate=args.rate, arrival="poisson",
+                             duration_s=args.duration, seed=args.seed)
+    meter = CpuMeter(pids)
+    meter.start()
+    m, send_errors = await replay_target(target, traffic, schedule, opts)
+    cpu = meter.stop()
+    run = run_document(m, traffic, opts, send_errors)
+    sent = run["summary"]["sent"]
+    lag = next((st for st in run["stages"] if st["name"] == "client send lag"), {})
+    return {"batch_ms": batch_ms, "sent": sent, "outcomes": run["summary"]["outcomes"],
+            "latency_ms": run["latency_ms"], "send_lag_ms": {k: lag.get(k) for k in
+                                                             ("p50", "p99", "max")},
+            "cpu_s": cpu, "cpu_ms_per_request": {
+                name: None if v is None else round(v * 1000 / max(1, sent), 4)
+                for name, v in cpu.items() if name != "wall"}}
 
 
 def report_text(doc: dict[str, Any]) -> str:
-    m, cpu, per = doc["machine"], doc["cpu_s"], doc["cpu_ms_per_request"]
-    wall = cpu.get("wall") or 0.0
-    lag = next((st for st in doc["stages"] if st["name"] == "client send lag"), {})
+    m = doc["machine"]
+    names = list(doc["runs"][0]["cpu_ms_per_request"])
     lines = [
         f"machine: {m.get('cpu', '?')}, {m.get('cpus', '?')} cpus",
-        (f"config: {doc['rate']:g} requests/s poisson for {doc['duration_s']:g} s, "
+        (f"config: {doc['rate']:g} requests/s poisson, {doc['duration_s']:g} s per run, "
          f"{doc['candidates']} candidates/request, {doc['partitions']} partitions, Kafka at "
          f"{doc['bootstrap']}; answers from a trivial responder in its own process"),
-        (f"sent {doc['sent']}: " + ", ".join(f"{k} {v}" for k, v in doc["outcomes"].items()
-                                              if v)),
-        (f"latency from intended send times: p50 {doc['latency_ms']['p50']} ms, "
-         f"p99 {doc['latency_ms']['p99']} ms; client send lag p50 {lag.get('p50')} ms, "
-         f"p99 {lag.get('p99')} ms"),
-        "CPU per request (and cores busy):",
+        "CPU ms per request by process, send lag and latency (ms, from intended send times):",
+        ("  batch ms  " + "".join(f"{n:>16}" for n in names)
+         + "   generator ÷ responder   send lag p50/p99   latency p50/p99   answered"),
     ]
-    for name, v in per.items():
-        cores = "–" if cpu.get(name) is None or not wall else f"{cpu[name] / wall:.2f}"
-        lines.append(f"    {name:<15} {'–' if v is None else f'{v:.4f} ms':>10}   {cores} cores")
-    gen, base = per.get(GENERATOR), per.get(RESPONDER)
-    if gen is not None and base:
-        lines.append(f"ratio load generator ÷ echo responder (one consume + one produce per "
-                     f"request): {gen / base:.2f}")
-    if gen is not None:
-        lines.append(f"load generator {gen:.4f} ms per request against a {BUDGET_MS:g} ms "
-                     f"budget: {'met' if gen <= BUDGET_MS else 'MISSED'}")
+    for r in doc["runs"]:
+        per, lag, lat = r["cpu_ms_per_request"], r["send_lag_ms"], r["latency_ms"]
+        gen, base = per.get(GENERATOR), per.get(RESPONDER)
+        ratio = f"{gen / base:.2f}" if gen is not None and base else "–"
+        answered = sum(v for k, v in r["outcomes"].items() if k not in ("lost", "error"))
+        lines.append(
+            f"  {r['batch_ms']:>8g}  " + "".join(
+                f"{'–' if per[n] is None else f'{per[n]:.4f}':>16}" for n in names)
+            + f"   {ratio:>21}   {_pair(lag['p50'], lag['p99']):>16}   "
+            f"{_pair(lat['p50'], lat['p99']):>15}   {answered}/{r['sent']}")
+    best = min((r["cpu_ms_per_request"][GENERATOR] for r in doc["runs"]), default=None)
+    if best is not None:
+        lines.append(f"load generator, cheapest setting: {best:.4f} ms per request against "
+                     f"a {BUDGET_MS:g} ms budget: {'met' if best <= BUDGET_MS else 'MISSED'}")
     return "\n".join(lines)
+
+
+def _pair(a: float | None, b: float | None) -> str:
+    return f"{'–' if a is None else f'{a:.1f}'} / {'–' if b is None else f'{b:.1f}'}"
+
+
+def _ms_list(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds like 0,2,5, got {text!r}"
+                                         ) from None
+    if not values or any(not v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"milliseconds must be ≥ 0, got {text!r}")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--bootstrap", default=None,
                    help="Kafka to use (default: the configured one; started when none answers)")
+    p.add_argument("--batch-ms", type=_ms_list, default=[0.0], metavar="MS[,MS…]",
+                   help="send due requests in bursts at most this often; several values are "
+                        "measured one after the other in the same run (default 0)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     for flag, ok in (("--rate", args.rate > 0), ("--duration", args.duration > 0),
@@ -159,7 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"bench_generator: {e}", file=sys.stderr)
         return 2
-    doc["command"] = " ".join(["python -m loadtest.bench_generator", *(argv or sys.argv[1:])])
     print(report_text(doc))
     return 0
 
