@@ -107,7 +107,8 @@ async def _measure_once(target: Target, traffic: Traffic, args: argparse.Namespa
     run = run_document(m, traffic, opts, send_errors)
     sent = run["summary"]["sent"]
     lag = next((st for st in run["stages"] if st["name"] == "client send lag"), {})
-    return {"batch_ms": batch_ms, "sent": sent, "outcomes": run["summary"]["outcomes"],
+    return {"batch_ms": batch_ms, "sent": sent, "measured": run["summary"]["measured"],
+            "outcomes": run["summary"]["outcomes"],
             "latency_ms": run["latency_ms"], "send_lag_ms": {k: lag.get(k) for k in
                                                              ("p50", "p99", "max")},
             "cpu_s": cpu, "cpu_ms_per_request": {
@@ -125,7 +126,7 @@ def report_text(doc: dict[str, Any]) -> str:
          f"{doc['bootstrap']}; answers from a trivial responder in its own process"),
         "CPU ms per request by process, send lag and latency (ms, from intended send times):",
         ("  batch ms  " + "".join(f"{n:>16}" for n in names)
-         + "   generator ÷ responder   send lag p50/p99   latency p50/p99   answered"),
+         + "   generator ÷ responder   send lag p50/p99   latency p50/p99   answered/measured"),
     ]
     for r in doc["runs"]:
         per, lag, lat = r["cpu_ms_per_request"], r["send_lag_ms"], r["latency_ms"]
@@ -136,7 +137,7 @@ def report_text(doc: dict[str, Any]) -> str:
             f"  {r['batch_ms']:>8g}  " + "".join(
                 f"{'–' if per[n] is None else f'{per[n]:.4f}':>16}" for n in names)
             + f"   {ratio:>21}   {_pair(lag['p50'], lag['p99']):>16}   "
-            f"{_pair(lat['p50'], lat['p99']):>15}   {answered}/{r['sent']}")
+            f"{_pair(lat['p50'], lat['p99']):>15}   {answered}/{r['measured']}")
     best = min((r["cpu_ms_per_request"][GENERATOR] for r in doc["runs"]), default=None)
     if best is not None:
         lines.append(f"load generator, cheapest setting: {best:.4f} ms per request against "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -78,14 +79,18 @@ class Measurement:
                    status=np.full(n, NONE, np.int8), n_scored=np.zeros(n, np.int64),
                    stamps=np.zeros((n, len(STAMPS)), np.int64))
 
+    @functools.cached_property
+    def _offsets(self) -> list[float]:
+        return self.schedule.offsets_s.tolist()  # Python floats: cheaper one at a time
+
     def on_answer(self, a: Answer) -> None:
         i = a.request
         if self.status[i] != NONE:
             self.duplicates += 1
             return
         code = _CODE.get(a.status, ERROR)
-        intended = self.t0 + self.schedule.offsets_s[i]
-        latency = a.received_s - intended
+        offset = self._offsets[i]
+        latency = a.received_s - (self.t0 + offset)
         if code != ERROR and latency > self.timeout_s:
             self.late += 1
             return
@@ -96,12 +101,9 @@ class Measurement:
             return
         self.n_scored[i] = a.n_scored
         if a.headers:
-            row = self.stamps[i]
-            for k, name in enumerate(STAMPS):
-                v = a.headers.get(name)
-                if v:
-                    row[k] = int(v)
-        if self.schedule.offsets_s[i] >= self.warmup_s:
+            get = a.headers.get
+            self.stamps[i] = [int(get(name) or 0) for name in STAMPS]
+        if offset >= self.warmup_s:
             self.histogram.record_value(min(HIGHEST_US, max(1, round(latency * 1e6))))
 
     # ---- views ---------------------------------------------------------------------------
