@@ -106,7 +106,8 @@ async def _measure_once(target: Target, traffic: Traffic, args: argparse.Namespa
     cpu = meter.stop()
     run = run_document(m, traffic, opts, send_errors)
     sent = run["summary"]["sent"]
-    lag = next((st for st in run["stages"] if st["name"] == "client send lag"), {})
+    lag: dict[str, Any] = next(
+        (st for st in run["stages"] if st["name"] == "client send lag"), {})
     return {"batch_ms": batch_ms, "sent": sent, "measured": run["summary"]["measured"],
             "outcomes": run["summary"]["outcomes"],
             "latency_ms": run["latency_ms"], "send_lag_ms": {k: lag.get(k) for k in
