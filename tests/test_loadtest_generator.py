@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,3 +157,23 @@ async def test_a_failed_send_is_answered_error(tmp_path: Path) -> None:
     assert (m.status == STATUSES.index("error")).all() and m.n_answered == 20
     assert system.n_failed == 20 and len(system.send_errors) == 20
     assert "does not exist" in system.send_errors[0]
+
+
+@pytest.mark.kafka
+def test_bench_generator_measures_each_setting_against_the_responder(
+        kafka_bootstrap: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "loadtest.bench_generator", "--bootstrap", kafka_bootstrap,
+         "--rate", "300", "--duration", "2", "--requests", "50", "--batch-ms", "0,3"],
+        capture_output=True, text=True, timeout=180, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split() for line in out.stdout.splitlines()
+            if line.strip().split(" ", 1)[0] in ("0", "3")]
+    assert [r[0] for r in rows] == ["0", "3"]
+    for r in rows:
+        generator, responder, ratio = float(r[1]), float(r[2]), float(r[-8])
+        assert generator > 0 and responder > 0
+        assert ratio == pytest.approx(generator / responder, abs=0.01)
+        answered, measured = map(int, r[-1].split("/"))
+        assert answered == measured > 0
+    assert "ms per request against a 0.1 ms budget" in out.stdout
