@@ -77,6 +77,7 @@ class BenchPlan:
     warm_s: float = 10.0  # traffic at the start rate before anything is measured (JIT, caches)
     partitions: int = 4
     fused: bool = False
+    batch_ms: float = 0.0  # the load generator sends due requests in bursts this often
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -96,6 +97,8 @@ class BenchPlan:
             (self.limit_s > 0, f"--limit-s must be > 0, got {self.limit_s:g}"),
             (self.warm_s >= 0, f"--warm-s must be ≥ 0, got {self.warm_s:g}"),
             (self.partitions >= 1, f"--partitions must be ≥ 1, got {self.partitions}"),
+            (0 <= self.batch_ms <= 1000,
+             f"--batch-ms must be in [0, 1000], got {self.batch_ms:g}"),
             (self.warmup_s < self.step_s,
              f"--warmup {self.warmup_s:g} s must be shorter than --step-s {self.step_s:g} s"),
         ]
@@ -220,7 +223,8 @@ async def _steady(settings: Settings, traffic: Traffic, plan: BenchPlan, rate: f
     schedule = arrivals.plan(traffic.at_ms, rate=rate, arrival="poisson",
                              duration_s=plan.steady_s, seed=plan.seed + 1000)
     opts = RunOptions(warmup_s=min(plan.warmup_s, plan.steady_s / 4), timeout_s=10.0,
-                      deadline_ms=plan.deadline_ms, slo_p99_ms=plan.slo_p99_ms)
+                      deadline_ms=plan.deadline_ms, slo_p99_ms=plan.slo_p99_ms,
+                      batch_ms=plan.batch_ms)
     async with open_target(settings, with_workers=False, stop=stop) as target:
         await probe.begin()
         run = await measure(target, traffic, schedule, opts, stop=stop)
@@ -273,7 +277,7 @@ async def _overload(settings: Settings, traffic: Traffic, plan: BenchPlan, found
     schedule = _overload_schedule(traffic, plan, found)
     # every request must be answered, however long the backlog takes to clear
     opts = RunOptions(warmup_s=0.0, timeout_s=plan.overload_s + plan.recovery_s + 60.0,
-                      deadline_ms=plan.deadline_ms)
+                      deadline_ms=plan.deadline_ms, batch_ms=plan.batch_ms)
     rss = RssSampler(pids)
     async with open_target(settings, with_workers=False, stop=stop) as target, rss.running():
         m, send_errors = await replay_target(target, traffic, schedule, opts, stop=stop)
@@ -320,8 +324,15 @@ class Broker:
     pid: int | None
     started: Any = None  # kafka_local.LocalBroker when this run started it
 
+    async def stop(self) -> None:
+        """Stop the broker if this run started it (one that already answered stays)."""
+        if self.started is not None:
+            from pipeline import kafka_local
 
-async def _broker(settings: Settings, tmp: Path) -> Broker:
+            await asyncio.to_thread(kafka_local.stop_broker, self.started.data_dir)
+
+
+async def broker_for(settings: Settings, tmp: Path) -> Broker:
     """The broker at the configured bootstrap when one answers, else one started here."""
     from pipeline import kafka_local
 
@@ -381,7 +392,7 @@ async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "au
     from workers.roles import ensure_topics, transport_for
 
     tmp = Path(tempfile.mkdtemp(prefix="adstream-bench-", dir=keep_dir))
-    broker = await _broker(settings, tmp)
+    broker = await broker_for(settings, tmp)
     workers: WorkerSet | None = None
     try:
         s = bench_settings(settings, plan, broker.bootstrap)
@@ -411,7 +422,7 @@ async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "au
         probe = Probe(workers, pids, worker_pids, scorer_role)
 
         opts = RunOptions(warmup_s=plan.warmup_s, timeout_s=10.0, deadline_ms=plan.deadline_ms,
-                          slo_p99_ms=plan.slo_p99_ms)
+                          slo_p99_ms=plan.slo_p99_ms, batch_ms=plan.batch_ms)
         if plan.warm_s > 0:  # first batches, JIT of the broker, connections: not measured
             print(f"warming up for {plan.warm_s:g} s …", file=sys.stderr, flush=True)
             async with open_target(s, with_workers=False, stop=stop) as target:
@@ -488,10 +499,7 @@ async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "au
     finally:
         if workers is not None:
             await asyncio.to_thread(workers.stop)
-        if broker.started is not None:
-            from pipeline import kafka_local
-
-            await asyncio.to_thread(kafka_local.stop_broker, broker.started.data_dir)
+        await broker.stop()
         if keep_dir is None:
             shutil.rmtree(tmp, ignore_errors=True)
 

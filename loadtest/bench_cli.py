@@ -27,7 +27,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             steady_fraction=args.steady_fraction, steady_s=args.steady_s,
             overload_factor=args.overload_factor, overload_s=args.overload_s,
             recovery_s=args.recovery_s, limit_s=args.limit_s, warm_s=args.warm_s, partitions=args.partitions,
-            fused=args.fused, seed=args.seed)
+            fused=args.fused, batch_ms=args.batch_ms, seed=args.seed)
     except ValueError as e:
         print(f"adstream bench: {e}", file=sys.stderr)
         return 2
@@ -94,6 +94,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     b.add_argument("--partitions", type=int, default=4)
     b.add_argument("--fused", action="store_true",
                    help="feature extraction inside the scoring process (no ads.features hop)")
+    b.add_argument("--batch-ms", type=float, default=0.0, metavar="MS",
+                   help="the load generator sends due requests in bursts at most every MS ms "
+                        "(less CPU, up to MS + 1 ms of send lag counted in every latency)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--progress", choices=["auto", "rich", "plain", "off"], default="auto")
     b.add_argument("--out", default="BENCH.json")

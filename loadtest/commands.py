@@ -71,7 +71,8 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
     from loadtest.run import RunOptions
 
     return RunOptions(warmup_s=args.warmup, timeout_s=args.timeout,
-                      deadline_ms=args.deadline_ms, slo_p99_ms=args.slo_p99_ms)
+                      deadline_ms=args.deadline_ms, slo_p99_ms=args.slo_p99_ms,
+                      batch_ms=args.batch_ms)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -150,6 +151,8 @@ def _check_common(args: argparse.Namespace) -> str | None:
         return f"--deadline-ms must be > 0, got {args.deadline_ms}"
     if args.slo_p99_ms is not None and args.slo_p99_ms <= 0:
         return f"--slo-p99-ms must be > 0, got {args.slo_p99_ms:g}"
+    if not 0 <= args.batch_ms <= 1000:
+        return f"--batch-ms must be in [0, 1000] ms, got {args.batch_ms:g}"
     for flag in ("out", "html"):
         value = getattr(args, flag, None)
         if value and not Path(value).resolve().parent.is_dir():
@@ -300,6 +303,10 @@ def _pipeline_flags(p: argparse.ArgumentParser) -> None:
                    help="live progress: rewritten line on a terminal, plain lines otherwise")
     p.add_argument("--progress-interval", type=float, default=None, metavar="S",
                    help="seconds between progress updates (default 0.25 rich, 1 plain)")
+    p.add_argument("--batch-ms", type=float, default=0.0, metavar="MS",
+                   help="send the due requests in bursts at most every MS ms (fewer produce "
+                        "requests and wake-ups; adds up to MS + 1 ms of send lag, still "
+                        "counted in every latency; default 0: each request on time)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
     p.add_argument("--html", default=None, metavar="FILE", help="also write the HTML report")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",

@@ -37,6 +37,7 @@ class RunOptions:
     timeout_s: float = 10.0
     deadline_ms: int | None = None  # per request, from its intended send time; None: the file's
     slo_p99_ms: float | None = None
+    batch_ms: float = 0.0  # send due requests in bursts at most this often (0: each on time)
 
 
 def short_gc_pauses() -> None:
@@ -73,7 +74,8 @@ async def replay_target(target: Target, traffic: Traffic, schedule: Schedule, op
     m = await replay(system, schedule, deadline_ms=deadlines(traffic, schedule,
                                                              opts.deadline_ms),
                      warmup_s=opts.warmup_s, timeout_s=opts.timeout_s, progress=progress,
-                     progress_interval_s=progress_interval_s, stop=stop)
+                     progress_interval_s=progress_interval_s, stop=stop,
+                     batch_s=opts.batch_ms / 1000.0)
     return m, system.send_errors
 
 
@@ -86,7 +88,7 @@ def run_document(m: Measurement, traffic: Traffic, opts: RunOptions,
         "traffic": traffic_info(traffic),
         "schedule": {"arrival": schedule.description, "requests": len(schedule),
                      "span_s": round(schedule.span_s, 3), "warmup_s": opts.warmup_s,
-                     "timeout_s": opts.timeout_s,
+                     "timeout_s": opts.timeout_s, "batch_ms": opts.batch_ms,
                      "deadline_ms": opts.deadline_ms if opts.deadline_ms is not None
                      else "from the traffic file"},
         **summarize(m, traffic.n_candidates),

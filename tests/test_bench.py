@@ -74,6 +74,8 @@ def test_bad_plans_are_refused_with_the_flag_named() -> None:
         BenchPlan(steady_fraction=1.5)
     with pytest.raises(ValueError, match="--warmup"):
         BenchPlan(step_s=2, warmup_s=3)
+    with pytest.raises(ValueError, match="--batch-ms"):
+        BenchPlan(batch_ms=-2)
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "bench", "--candidates", "0"],
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 2 and "--candidates must be ≥ 1" in out.stderr

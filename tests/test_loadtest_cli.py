@@ -61,6 +61,7 @@ def test_replay_exits_1_when_the_slo_is_missed(traffic_file, tmp_path, model_rep
     (["--out", "/no/such/dir/RUN.json"], "does not exist"),
     (["--label", "nokey"], "expected KEY=VALUE"),
     (["--progress-interval", "0"], "--progress-interval must be > 0"),
+    (["--batch-ms", "-1"], "--batch-ms must be in [0, 1000] ms"),
 ])
 def test_bad_replay_flags_exit_2_with_the_reason(traffic_file, tmp_path, model_repo, capsys,
                                                  argv, mention):

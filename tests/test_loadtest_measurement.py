@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,8 +34,8 @@ class DelaySystem:
     async def start(self, sink: AnswerSink) -> None:
         self._sink = sink
 
-    async def send(self, index: int, entry: int, intended_s: float,
-                   deadline_ms: int | None) -> None:
+    async def send(self, first: int, entries: Sequence[int], intended_s: Sequence[float],
+                   deadlines_ms: Sequence[int | None]) -> None:
         now = time.monotonic()
         if self.stall is not None and self.window is None:
             self.window = (now + self.stall[0], now + self.stall[0] + self.stall[1])
@@ -42,13 +43,14 @@ class DelaySystem:
         if w is not None and self.blocks_sends and w[0] <= now < w[1]:
             await asyncio.sleep(w[1] - now)
             now = time.monotonic()
-        at = (intended_s if self.from_intended else now) + float(self.delays_s[index])
-        if w is not None and not self.blocks_sends and w[0] <= at < w[1]:
-            at = w[1]
-        self.answer_at[index] = at
-        assert self._sink is not None
-        asyncio.get_running_loop().call_later(
-            max(0.0, at - time.monotonic()), self._sink, Answer(index, "ok", at, {}))
+        for index, intended in enumerate(intended_s, first):
+            at = (intended if self.from_intended else now) + float(self.delays_s[index])
+            if w is not None and not self.blocks_sends and w[0] <= at < w[1]:
+                at = w[1]
+            self.answer_at[index] = at
+            assert self._sink is not None
+            asyncio.get_running_loop().call_later(
+                max(0.0, at - time.monotonic()), self._sink, Answer(index, "ok", at, {}))
 
     async def stop(self) -> None:
         return None
