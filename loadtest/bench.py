@@ -53,7 +53,9 @@ BENCH_KIND = "adstream.bench"
 BENCH_VERSION = 1
 GENERATOR = "load generator"
 BROKER = "broker"
-TARGETS = {"ratio": 0.6, "steady_p99_ms": 20.0, "rss_growth": 1.5, "recovery_s": 10.0}
+# the batch-runtime issue's goals: the ratio by topology, the generator's CPU per request
+TARGETS = {"ratio_fused": 0.7, "ratio_three_hops": 0.5, "steady_p99_ms": 20.0,
+           "rss_growth": 1.5, "recovery_s": 10.0, "generator_ms": 0.1}
 
 
 @dataclass(frozen=True)
@@ -514,9 +516,13 @@ def _check_alive(workers: WorkerSet) -> None:
 
 def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of the throughput issue with the measured value and whether it is met."""
+    ratio = TARGETS["ratio_fused" if doc["plan"]["fused"] else "ratio_three_hops"]
+    generator = doc["pipeline"]["cpu_ms_per_request"].get(GENERATOR)
     out = [
-        {"target": f"ratio ≥ {TARGETS['ratio']:g}", "value": doc["ratio"],
-         "met": doc["ratio"] >= TARGETS["ratio"]},
+        {"target": f"ratio ≥ {ratio:g}", "value": doc["ratio"], "met": doc["ratio"] >= ratio},
+        {"target": f"load generator ≤ {TARGETS['generator_ms']:g} ms CPU per request",
+         "value": generator,
+         "met": generator is not None and generator <= TARGETS["generator_ms"]},
         {"target": f"p99 ≤ {TARGETS['steady_p99_ms']:g} ms at "
                    f"{doc['plan']['steady_fraction']:.0%} of the found rate",
          "value": doc["steady"]["p99_ms"],
