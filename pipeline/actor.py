@@ -32,6 +32,7 @@ from pipeline.transport.base import (
     TP,
     CommitFailed,
     Consumer,
+    Fenced,
     Outgoing,
     Producer,
     Record,
@@ -370,6 +371,8 @@ class Actor:
                 for _, h in held:
                     if h.send and not h.until.done():
                         h.until.set_exception(e)
+                if isinstance(e, Fenced):
+                    raise await self._fenced(tp, e) from None
                 raise ProducerFailed(f"producing the outputs of {tp} failed: {e}") from e
             self.stats.produced += len(outputs)
             self.stats.batches += 1
@@ -424,7 +427,10 @@ class Actor:
         if not self._tx.owns(tp):
             raise PartitionLost(str(tp))
         async with self._tx.lock(tp):
-            acked = await self._tx.send(tp, outputs)
+            try:
+                acked = await self._tx.send(tp, outputs)
+            except Fenced as e:
+                raise await self._fenced(tp, e) from None
             if self.handler.ordered:
                 self._tx.mark_sent(tp, last_offset)
         return acked
@@ -449,6 +455,9 @@ class Actor:
             await acked
         except (ProducerFailed, PartitionLost):
             raise
+        except Fenced as e:
+            assert source is not None
+            raise await self._fenced(source, e) from None
         except Exception as e:
             raise ProducerFailed(f"producing to {msgs[0].topic} failed: {e}") from e
         self.stats.produced += len(msgs)
@@ -494,6 +503,8 @@ class Actor:
             committed: dict[TP, int] = {}
             for tp in sorted(self._tx.partitions() if tps is None else
                              tps & self._tx.partitions()):
+                if not self.owns(tp):
+                    continue  # a stalled member commits nothing; the new owner redoes it
                 async with self._tx.lock(tp):
                     if self.handler.ordered:
                         offset = self._tx.sent_upto(tp)
@@ -501,6 +512,9 @@ class Actor:
                         offset = self.tracker.to_commit({tp}).get(tp)
                     try:
                         await self._tx.commit(tp, offset)
+                    except Fenced as e:
+                        await self._fenced(tp, e)
+                        continue
                     except Exception as e:
                         raise ProducerFailed(f"committing the transaction of {tp} failed: "
                                              f"{e}") from e
@@ -510,6 +524,20 @@ class Actor:
                 self.tracker.mark_committed(committed)
                 self.stats.commits += 1
                 self._hook("on_commit", committed)
+
+    async def _fenced(self, tp: TP, error: Fenced) -> PartitionLost:
+        """Exactly-once: ``tp``'s producer was fenced, so ``tp`` has another owner: drop the
+        producer, abandon ``tp``'s work, rejoin the group (which says what this member
+        owns now). One line per fencing, however many sends and commits hit it."""
+        assert self._tx is not None and self._consumer is not None
+        if self._tx.owns(tp):
+            self._active.discard(tp)
+            await self._tx.discard(tp)
+            self._consumer.rejoin()
+            self.log.warning("producer fenced: another member owns the partition now; its "
+                             "work is abandoned and this member rejoins the group",
+                             partition=str(tp), reason=str(error))
+        return PartitionLost(str(tp))
 
     async def _commit_periodically(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

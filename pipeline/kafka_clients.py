@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.config import KafkaSection
 from pipeline.kafka_security import KafkaSecurity, security_from
+from pipeline.membership import instance_suffix
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class KafkaOptions:
     partition_fetch_bytes: int = 1024 * 1024
     isolation_level: str = "read_uncommitted"
     connect_timeout_s: float = 0.0  # how long starting a client waits for a broker
+    instance_suffix: str | None = None  # static membership: group members' instance id suffix
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     consumer_options: Mapping[str, Any] = field(default_factory=dict)
     producer_options: Mapping[str, Any] = field(default_factory=dict)
@@ -52,6 +54,7 @@ def kafka_options(section: KafkaSection, *, wait_for_broker: bool = True) -> Kaf
         session_timeout_ms=section.session_timeout_ms,
         max_poll_interval_ms=section.max_poll_interval_ms,
         connect_timeout_s=section.connect_timeout_s if wait_for_broker else 0.0,
+        instance_suffix=instance_suffix(section.static_membership, section.instance_prefix),
         security=security_from(section),
         consumer_options=dict(section.consumer_options),
         producer_options=dict(section.producer_options),

@@ -1,15 +1,24 @@
-"""Run a coroutine on uvloop (when installed) with SIGTERM/SIGINT setting a stop event."""
+"""Run a coroutine on uvloop (when installed); SIGTERM/SIGINT stop it cleanly, once."""
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
 import gc
+import os
 import signal
 from collections.abc import Awaitable, Callable
+from types import FrameType
 from typing import TypeVar
 
+import structlog
+
+from pipeline.stop_signals import Stop, StopSignals
+
 T = TypeVar("T")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+FORCE_EXIT_S = 5.0  # a forced stop that is still cleaning up after this long exits anyway
+log = structlog.get_logger("adstream.runner")
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -48,7 +57,15 @@ def tune_malloc() -> bool:
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
-    """Run ``main(stop)``; the first SIGTERM/SIGINT sets ``stop``, a second one interrupts."""
+    """Run ``main(stop)``. The first SIGTERM/SIGINT sets ``stop`` (repeats within a second
+    are the same stop: see ``pipeline.stop_signals``); a later one cancels ``main`` and
+    exits 1 at once, without draining and without a traceback."""
+    signals = StopSignals()
+
+    def outside_loop(signum: int, frame: FrameType | None) -> None:
+        # before the loop runs (a stop is then noticed as soon as it does) and while it closes
+        if signals.received() is Stop.FORCE:
+            os._exit(1)
 
     async def wrapper() -> T:
         stop = asyncio.Event()
@@ -56,19 +73,33 @@ def run(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
         task = asyncio.current_task()
 
         def on_signal() -> None:
-            if stop.is_set() and task is not None:
+            kind = signals.received()
+            if kind is Stop.CLEAN:
+                log.info("stopping: draining in-flight work, then committing")
+                stop.set()
+            elif kind is Stop.FORCE and task is not None:
+                log.warning("stopping now, without draining (second signal)")
                 task.cancel()
-            stop.set()
+                loop.call_later(FORCE_EXIT_S, os._exit, 1)  # if cleaning up hangs
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        if signals.first is not None:
+            stop.set()
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, on_signal)
         try:
             return await main(stop)
+        except asyncio.CancelledError:
+            if signals.forced:
+                raise SystemExit(1) from None
+            raise
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
+                signal.signal(sig, outside_loop)
 
     tune_gc()
     tune_malloc()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, outside_loop)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(wrapper())

@@ -17,6 +17,8 @@ aggregator keeps a changelog of answered requests in the same transactions).
 aiokafka's ``send_offsets_to_transaction`` takes only the group id (no KIP-447 fencing by
 group generation), so fencing relies on the transactional id: a new owner of P starts a
 producer with the same id, which aborts the old owner's open transaction and fences it.
+The fenced producer's operations then raise :class:`Fenced`; the actor drops it
+(:meth:`PartitionTransactions.discard`), abandons P's work and rejoins the group.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pipeline.transport.base import TP, Outgoing, Producer, Transport
+from pipeline.transport.base import TP, Fenced, Outgoing, Producer, Transport
 
 
 class PartitionTransactions:
@@ -56,12 +58,14 @@ class PartitionTransactions:
         return tp in self._producers
 
     def lock(self, tp: TP) -> asyncio.Lock:
-        return self._locks[tp]
+        return self._locks.setdefault(tp, asyncio.Lock())
 
     async def send(self, tp: TP, msgs: list[Outgoing]) -> asyncio.Future[Any]:
         """Send ``msgs`` in P's open transaction (the caller holds P's lock); the future
         resolves when all are acknowledged."""
-        producer = self._producers[tp]
+        producer = self._producers.get(tp)
+        if producer is None:
+            raise Fenced(f"{tp}: its transactional producer was dropped (fenced)")
         self._pending.add(tp)
         return await producer.send_many(msgs)
 
@@ -89,18 +93,30 @@ class PartitionTransactions:
         await producer.begin_transaction()
 
     async def close(self, tps: set[TP]) -> None:
-        """Stop P's producers (after their last commit); an open transaction is aborted."""
+        """Stop P's producers (after their last commit); an open transaction is aborted
+        (a fenced producer's was aborted by the broker already)."""
         for tp in tps:
-            producer = self._producers.pop(tp, None)
-            self._locks.pop(tp, None)
-            self._sent_upto.pop(tp, None)
-            self._committed.pop(tp, None)
-            self._pending.discard(tp)
+            producer = self._forget(tp)
             if producer is not None:
                 try:
                     await producer.abort_transaction()
+                except Fenced:
+                    pass
                 finally:
                     await producer.stop()
+
+    async def discard(self, tp: TP) -> None:
+        """Drop P's fenced producer: it can commit nothing more."""
+        producer = self._forget(tp)
+        if producer is not None:
+            await producer.stop()
+
+    def _forget(self, tp: TP) -> Producer | None:
+        self._locks.pop(tp, None)
+        self._sent_upto.pop(tp, None)
+        self._committed.pop(tp, None)
+        self._pending.discard(tp)
+        return self._producers.pop(tp, None)
 
     def partitions(self) -> set[TP]:
         return set(self._producers)

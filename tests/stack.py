@@ -62,9 +62,11 @@ class Stack:
         assert out.returncode == 0, out.stderr.decode()
 
     def start(self, role: str, wait: bool = True, processes: int | None = None,
-              name: str | None = None, env: dict[str, str] | None = None) -> None:
+              name: str | None = None, env: dict[str, str] | None = None,
+              own_group: bool = False) -> None:
         """Start ``role`` (under a supervisor when ``processes`` is given) as ``name``;
-        ``env`` adds environment variables (settings) for that process only."""
+        ``env`` adds environment variables (settings) for that process only; with
+        ``own_group`` it leads its own process group (signalled as a terminal would)."""
         name = name or role
         self.starts[name] = self.starts.get(name, 0) + 1
         log = self.tmp / f"{name}.{self.starts[name]}.log"
@@ -74,7 +76,7 @@ class Stack:
             [sys.executable, "-m", "pipeline.cli", "worker", role, "--config", str(self.config),
              *extra],
             stdout=subprocess.DEVNULL, stderr=open(log, "wb"),  # noqa: SIM115
-            env={**os.environ, **env} if env else None)
+            env={**os.environ, **env} if env else None, start_new_session=own_group)
         if wait:
             self.wait_ready(name)
 

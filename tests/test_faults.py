@@ -44,14 +44,16 @@ RATE = 160.0  # requests/s: the stream lasts about 15 s
 class Traffic:
     """A fixed request set, streamed at a steady rate by a background thread."""
 
-    def __init__(self, stack: Stack, n: int = N_REQUESTS, rate: float = RATE, seed: int = 3):
+    def __init__(self, stack: Stack, n: int = N_REQUESTS, rate: float = RATE, seed: int = 3,
+                 timeout_ms: int = 600_000):
         now = int(time.time() * 1000)
         self.stack = stack
         self.rate = rate
+        self.timeout_ms = timeout_ms
         self.requests: list[ScoreRequest] = [
             request_from_json(d, now)
             for d in generate(n, seed=seed, candidates="uniform:5,60", users=300,
-                              timeout_ms=600_000)]
+                              timeout_ms=timeout_ms)]
         self.done = threading.Event()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -78,6 +80,8 @@ class Traffic:
                 delay = start + i / self.rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                if self.timeout_ms < 600_000:  # a short deadline counts from the send
+                    req.deadline_ms = int(time.time() * 1000) + self.timeout_ms
                 await p.send(self.stack.topics["requests"], encode(req),
                              key=req.user_id.encode())
             await p.flush()
@@ -328,3 +332,185 @@ def test_workers_wait_for_a_late_broker_and_ride_out_an_outage_quietly(model_rep
     finally:
         stack.close()
         stop_broker(data_dir)
+
+
+# ---- static membership, clean stops, paused members ------------------------------------------
+
+
+def _no_traceback(stack: Stack) -> None:
+    for name, log in stack.logs.items():
+        text = log.read_text()
+        assert "Traceback" not in text, f"{name}: {text[text.index('Traceback') - 500:][:3000]}"
+
+
+async def _committed(bootstrap: str, group: str) -> dict[int, int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return {tp.partition: meta.offset for tp, meta in offsets.items()}
+    finally:
+        await admin.close()
+
+
+def test_sigint_to_a_supervised_scorer_group_drains_commits_and_exits_0(kafka_bootstrap,
+                                                                         model_repo, tmp_path):
+    """Ctrl-C as a terminal sends it (SIGINT to the whole process group: supervisor and each
+    child) while traffic flows: every process exits 0 without a traceback, and the scorer
+    group's committed offsets cover exactly the FeatureChunks whose ScoreChunks were sent."""
+    stack = _stack(kafka_bootstrap, model_repo, tmp_path)
+    try:
+        stack.start("features", wait=False)
+        stack.start("scorer", wait=False, processes=2, own_group=True)
+        stack.wait_ready("features")
+        stack.wait_ready("scorer")
+        traffic = Traffic(stack, n=1200, rate=150).start()
+        while len(stack.read_topic(stack.topics["scores"])) < 500:
+            time.sleep(0.3)
+        sup = stack.procs.pop("scorer")
+        os.killpg(sup.pid, signal.SIGINT)
+        assert sup.wait(40) == 0, stack.logs["scorer"].read_text()[-3000:]
+        assert not traffic.done.is_set(), "the stop came after the stream"
+        traffic.join()
+        _no_traceback(stack)
+        log = stack.logs["scorer"].read_text()
+        assert log.count('"actor stopped"') == 2, log[-3000:]
+        committed = asyncio.run(_committed(stack.bootstrap, f"{stack.prefix}-scorer"))
+        scores = len(stack.read_topic(stack.topics["scores"]))
+        print(f"committed={sum(committed.values())} scored={scores}")
+        assert sum(committed.values()) == scores  # one ScoreChunk per FeatureChunk, no more
+    finally:
+        stack.close()
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_aggregator_paused_past_its_session_answers_nothing_twice(kafka_bootstrap, model_repo,
+                                                                   tmp_path, direct, delivery):
+    """SIGSTOP a supervised aggregator past its session, SIGCONT: it sends none of what it
+    held (duplicates <= 1% at-least-once, 0 exactly-once), nothing is lost, and no process
+    exits or prints a traceback (a fenced producer is one line, not a crash)."""
+    stack = _stack(kafka_bootstrap, model_repo, tmp_path, actor={"delivery": delivery})
+    try:
+        stack.start("features", wait=False)
+        stack.start("scorer", wait=False)
+        stack.start("aggregator", wait=False, processes=2)
+        for role in ("features", "scorer", "aggregator"):
+            stack.wait_ready(role)
+        traffic = Traffic(stack, n=1500, rate=100).start()
+        _wait_results(stack, 150)
+        victim = stack.children("aggregator")[0]
+        os.kill(victim, signal.SIGSTOP)
+        time.sleep(8)  # past the 6 s session
+        os.kill(victim, signal.SIGCONT)
+        assert not traffic.done.is_set(), "the pause came after the stream"
+        counts = check(traffic, traffic.wait_answered(
+            read_committed=delivery == "exactly_once"), direct)
+        assert counts["lost"] == 0 and counts["wrong"] == 0
+        limit = 0 if delivery == "exactly_once" else len(traffic.requests) // 100
+        assert counts["duplicated"] <= limit, counts
+        assert victim in stack.children("aggregator"), "the paused aggregator exited"
+        assert "child exited" not in stack.logs["aggregator"].read_text()
+        _no_traceback(stack)
+    finally:
+        stack.close()
+
+
+class CommitWatch:
+    """Polls each group's committed offsets; a partition's outage after a kill is the time
+    until its committed offset moves again (its outputs were acknowledged)."""
+
+    def __init__(self, bootstrap: str, groups: list[str]) -> None:
+        self.bootstrap = bootstrap
+        self.groups = groups
+        self.moves: dict[tuple[str, int], list[float]] = {}
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._poll())
+        except BaseException as e:  # noqa: BLE001 - reported by outage()
+            self.error = e
+
+    async def _poll(self) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        last: dict[tuple[str, int], int] = {}
+        try:
+            while not self._stop.is_set():
+                for g in self.groups:
+                    for tp, meta in (await admin.list_consumer_group_offsets(g)).items():
+                        key = (g, tp.partition)
+                        if last.get(key) != meta.offset:
+                            last[key] = meta.offset
+                            self.moves.setdefault(key, []).append(time.monotonic())
+                await asyncio.sleep(0.05)
+        finally:
+            await admin.close()
+
+    def outage(self, group: str, t: float) -> float:
+        """Kill at ``t``: the longest wait of one of ``group``'s partitions for its next
+        commit after ``t`` (the killed child's partitions are the ones that wait)."""
+        if self.error is not None:
+            raise self.error
+        waits = [next((m for m in moves if m > t), float("inf")) - t
+                 for (g, _), moves in self.moves.items() if g == group]
+        assert waits, f"no commits of {group} seen"
+        return max(waits)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.mark.xfail(reason="not met yet: one run gave lost=0 but 2811/3300 ok (85%) and a "
+                   "features outage of 4.99 s (a restarted child needs ~5 s to start, load "
+                   "and rejoin on a 2-core machine)", strict=True)
+def test_six_sigkills_in_30s_with_2s_deadlines_answer_99_percent_ok(kafka_bootstrap,
+                                                                   model_repo, tmp_path):
+    """Every role under a 2-process supervisor (static membership), 6 SIGKILLs of random
+    children over 30 s at 100 requests/s with 2 s deadlines: nothing lost, >= 99% answered
+    ok; prints each kill's outage (kill to its partitions' next commit)."""
+    stack = _stack(kafka_bootstrap, model_repo, tmp_path)
+    watch = None
+    try:
+        for role in ROLES_3:
+            stack.start(role, wait=False, processes=2)
+        for role in ROLES_3:
+            stack.wait_ready(role)
+        watch = CommitWatch(stack.bootstrap, [f"{stack.prefix}-{r}" for r in ROLES_3])
+        traffic = Traffic(stack, n=3300, rate=100, timeout_ms=2000).start()
+        _wait_results(stack, 100)
+        rng = random.Random(5)
+        kills: list[tuple[str, float]] = []
+        for _ in range(6):
+            time.sleep(4.5)
+            role = rng.choice(ROLES_3)
+            os.kill(rng.choice(stack.children(role)), signal.SIGKILL)
+            kills.append((role, time.monotonic()))
+        assert not traffic.done.is_set(), "the kills came after the stream"
+        results = traffic.wait_answered(timeout=120)
+        answered = {r.request_id: r.status for r, _ in results}
+        ok = sum(1 for r in traffic.requests if answered.get(r.request_id) == "ok")
+        lost = sum(1 for r in traffic.requests if r.request_id not in answered)
+        print(f"lost={lost} ok={ok}/{len(traffic.requests)}")
+        outages = [watch.outage(f"{stack.prefix}-{role}", t) for role, t in kills]
+        for (role, _), s in zip(kills, outages, strict=True):
+            print(f"kill {role}: its partitions answered again after {s:.2f} s")
+        assert lost == 0
+        assert ok >= 0.99 * len(traffic.requests)
+        assert max(outages) <= 3.0, outages
+        assert all(stack.alive().values()), "a supervisor died"
+    finally:
+        if watch is not None:
+            watch.close()
+        stack.close()
+
+
+ROLES_3 = ("features", "scorer", "aggregator")

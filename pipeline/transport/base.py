@@ -17,6 +17,12 @@ class CommitFailed(RuntimeError):
     """The group no longer lets this member commit (its partitions moved to another member)."""
 
 
+class Fenced(RuntimeError):
+    """A transactional producer was fenced: a newer producer took its transactional id (its
+    input partition has another owner now) or the broker aborted its transaction after a
+    stall. It can send and commit nothing more; what it held is the new owner's to redo."""
+
+
 class TP(NamedTuple):
     """A topic partition."""
 
@@ -94,6 +100,10 @@ class Consumer(ABC):
 
     @abstractmethod
     async def committed(self, tp: TP) -> int | None: ...
+
+    def rejoin(self) -> None:
+        """Rejoin the group soon (after a fenced producer): the group says again what this
+        member owns, through the rebalance listener."""
 
     async def read_to_end(self, tps: set[TP] | None = None) -> list[Record]:
         """Every record of the assigned partitions (or ``tps``) up to their current end."""

@@ -14,12 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalOperation,
+    IllegalStateError,
+    InvalidProducerEpoch,
+    InvalidTxnState,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+)
 from aiokafka.structs import TopicPartition
 
 from pipeline.kafka_clients import (
@@ -29,10 +38,12 @@ from pipeline.kafka_clients import (
     producer_kwargs,
 )
 from pipeline.kafka_reach import LOG_EVERY_S, started
+from pipeline.membership import group_instance_id
 from pipeline.transport.base import (
     TP,
     CommitFailed,
     Consumer,
+    Fenced,
     Outgoing,
     Producer,
     RebalanceListener,
@@ -45,6 +56,36 @@ log = structlog.get_logger("adstream.kafka")
 
 def _tp(tp: TopicPartition) -> TP:
     return TP(tp.topic, tp.partition)
+
+
+# what a transactional producer raises once fenced: the broker's refusals, then (its
+# transaction manager in a fatal state) "Not in the middle of a transaction" and the like
+FENCED_ERRORS = (ProducerFenced, InvalidProducerEpoch, InvalidTxnState, IllegalOperation)
+
+
+def fenced(error: BaseException, transactional_id: str) -> Fenced:
+    """A fenced producer's ``error`` (one of :data:`FENCED_ERRORS`) as :class:`Fenced`."""
+    reason = str(error) or type(error).__name__
+    return Fenced(f"transactional producer {transactional_id} fenced ({reason})")
+
+
+def _translated(fut: asyncio.Future[Any], transactional_id: str) -> asyncio.Future[Any]:
+    """``fut`` with a fenced producer's error raised as :class:`Fenced`."""
+    out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def copy(f: asyncio.Future[Any]) -> None:
+        if out.done():
+            return
+        if f.cancelled():
+            out.cancel()
+        elif (e := f.exception()) is not None:
+            out.set_exception(fenced(e, transactional_id)
+                              if isinstance(e, FENCED_ERRORS) else e)
+        else:
+            out.set_result(f.result())
+
+    fut.add_done_callback(copy)
+    return out
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -81,6 +122,8 @@ class KafkaConsumer(Consumer):
         self._kwargs = consumer_kwargs(
             bootstrap, opts,
             group_id=group_id,
+            group_instance_id=None if group_id is None
+            else group_instance_id(group_id, opts.instance_suffix),
             enable_auto_commit=False,
             auto_offset_reset="latest" if from_end else "earliest",
             session_timeout_ms=opts.session_timeout_ms,
@@ -200,12 +243,17 @@ class KafkaConsumer(Consumer):
         off = await self._c.committed(TopicPartition(*tp))
         return None if off is None else int(off)
 
+    def rejoin(self) -> None:
+        if self._c is not None and self.group_id is not None:
+            self._c._coordinator.request_rejoin()
+
 
 class KafkaProducer(Producer):
     def __init__(self, bootstrap: str, opts: KafkaOptions,
                  transactional_id: str | None = None) -> None:
         self.bootstrap = bootstrap
         self.opts = opts
+        self.transactional_id = transactional_id
         self._p: Any = None  # made by start(), once a broker answers
         self._kwargs = producer_kwargs(
             bootstrap, opts,
@@ -229,25 +277,37 @@ class KafkaProducer(Producer):
     async def flush(self) -> None:
         await self._p.flush()
 
+    async def _txn(self, op: Awaitable[Any]) -> None:
+        """Await a transaction operation; a fenced producer's error is :class:`Fenced`."""
+        try:
+            await op
+        except FENCED_ERRORS as e:
+            raise fenced(e, str(self.transactional_id)) from e
+
     async def begin_transaction(self) -> None:
-        await self._p.begin_transaction()
+        await self._txn(self._p.begin_transaction())
 
     async def send_offsets_to_transaction(self, offsets: dict[TP, int], group_id: str) -> None:
-        await self._p.send_offsets_to_transaction(
-            {TopicPartition(*tp): off for tp, off in offsets.items()}, group_id)
+        await self._txn(self._p.send_offsets_to_transaction(
+            {TopicPartition(*tp): off for tp, off in offsets.items()}, group_id))
 
     async def commit_transaction(self) -> None:
-        await self._p.commit_transaction()
+        await self._txn(self._p.commit_transaction())
 
     async def abort_transaction(self) -> None:
-        await self._p.abort_transaction()
+        await self._txn(self._p.abort_transaction())
 
     async def send(self, msg: Outgoing) -> asyncio.Future[None]:
-        fut: asyncio.Future[Any] = await self._p.send(
-            msg.topic, msg.value, key=msg.key, partition=msg.partition,
-            headers=list(msg.headers.items()) or None,
-        )
-        return fut
+        send = self._p.send(msg.topic, msg.value, key=msg.key, partition=msg.partition,
+                            headers=list(msg.headers.items()) or None)
+        if self.transactional_id is None:
+            fut: asyncio.Future[Any] = await send
+            return fut
+        try:
+            fut = await send
+        except FENCED_ERRORS as e:
+            raise fenced(e, self.transactional_id) from e
+        return _translated(fut, self.transactional_id)
 
 
 class KafkaTransport(Transport):
