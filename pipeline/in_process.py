@@ -24,4 +24,7 @@ def refuse_in_process(bootstrap: str | None, command: str) -> None:
     if is_in_process(bootstrap):
         raise InProcessOnly(
             f"{command}: {bootstrap} is the in-process broker, which exists only inside one "
-            f"process; only {USERS} can use it. Give a Kafka bootstrap (--bootstrap HOST:PORT)")
+            f"process; only {USERS} can use it: "
+            + ("add --with-workers to run the workers in this process, or give"
+               if command == "adstream loadtest replay" else "give")
+            + " a Kafka bootstrap (--bootstrap HOST:PORT)")

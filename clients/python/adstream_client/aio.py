@@ -48,7 +48,9 @@ Request = ScoreRequest | Mapping[str, Any]
 def _broker_errors() -> tuple[type[BaseException], ...]:
     from aiokafka.errors import KafkaError
 
-    return (KafkaError, OSError)
+    from pipeline.kafka_reach import KafkaUnavailable
+
+    return (KafkaError, OSError, KafkaUnavailable)
 
 
 def reply_topic_name() -> str:
