@@ -77,6 +77,9 @@ class Handler(ABC):
     name: str = "actor"
     #: produce each input partition's outputs in offset order (False: as they complete)
     ordered: bool = True
+    #: returns Held results: exactly-once commits the done watermark (the handler makes a
+    #: replay of what a transaction already answered harmless), not "everything sent"
+    holds: bool = False
 
     @abstractmethod
     async def handle(self, records: Sequence[Record]) -> list[Result]:
@@ -431,7 +434,7 @@ class Actor:
                 acked = await self._tx.send(tp, outputs)
             except Fenced as e:
                 raise await self._fenced(tp, e) from None
-            if self.handler.ordered:
+            if not self.handler.holds:
                 self._tx.mark_sent(tp, last_offset)
         return acked
 
@@ -506,7 +509,7 @@ class Actor:
                 if not self.owns(tp):
                     continue  # a stalled member commits nothing; the new owner redoes it
                 async with self._tx.lock(tp):
-                    if self.handler.ordered:
+                    if not self.handler.holds:
                         offset = self._tx.sent_upto(tp)
                     else:
                         offset = self.tracker.to_commit({tp}).get(tp)

@@ -79,7 +79,7 @@ class KafkaSection:
     fetch_max_bytes: int = setting(2 * 1024 * 1024, ge=1)  # consumer: largest fetch response (bounds prefetched memory)
     partition_fetch_bytes: int = setting(1024 * 1024, ge=1)  # consumer: per partition in one fetch (a larger message still comes)
     session_timeout_ms: int = setting(10_000, ge=1000, le=3_600_000)  # a member silent this long leaves the group
-    static_membership: bool = True  # supervised children (--processes N) join as stable group instances GROUP-HOST-INDEX: a restarted child takes its partitions back without a rebalance
+    static_membership: bool = False  # supervised children (--processes N) join as stable group instances GROUP-HOST-INDEX (kafka.instance_prefix replaces HOST): a restarted child takes its partitions back without a rebalance; off by default: two supervisors of one role with the same HOST would fence each other
     instance_prefix: str = ""  # the HOST part of those instance ids; empty = this host's name (set one per supervisor when several supervise one role on a host)
     max_poll_interval_ms: int = setting(300_000, ge=1000)  # a member that does not poll this long leaves the group
     connect_timeout_s: float = setting(60.0, ge=0)  # a worker waits this long for a broker to answer at start (one-shot commands do not wait)

@@ -51,7 +51,8 @@ class _Pending:
 
 class Aggregator(Handler):
     name = "aggregator"
-    ordered = False
+    ordered = True  # a partition's answers go out in the order its records completed them
+    holds = True
 
     def __init__(self, settings: Settings, transport: Transport | None = None) -> None:
         self.s = settings
