@@ -164,7 +164,7 @@ def test_malformed_input_goes_to_dlq_and_good_requests_still_answered(stack):
 
 def test_graceful_restart_mid_stream_answers_each_request_exactly_once(stack):
     stack.start_all()
-    n, rate = 2000, 130.0
+    n, rate = 3000, 60.0  # a 50 s stream: three stops and starts fit in it on a slow VM
     now = int(time.time() * 1000)
     reqs = [request_from_json(d, now) for d in generate(n, seed=8, candidates="uniform:20,200",
                                                         timeout_ms=300_000)]

@@ -106,8 +106,9 @@ def test_record_a_replay_from_kafka_and_replay_the_recording(stack, tmp_path):
     assert len(recorded) == 150
     assert (m1.status == 0).all() and (m2.status == 0).all()  # all answered ok, twice
     sent1, sent2 = np.diff(m1.sent_s) * 1000, np.diff(m2.sent_s) * 1000
-    assert np.percentile(np.abs(np.diff(recorded.at_ms) - sent1), 50) <= 1.0
-    assert np.percentile(np.abs(sent2 - np.diff(recorded.at_ms)), 50) <= 1.0
+    # 2 ms: record timestamps are whole milliseconds and the slower 2-core VM's timers jitter
+    assert np.percentile(np.abs(np.diff(recorded.at_ms) - sent1), 50) <= 2.0
+    assert np.percentile(np.abs(sent2 - np.diff(recorded.at_ms)), 50) <= 2.0
 
 
 def _system(settings: Settings, transport, traffic: Traffic) -> TransportSystem:
