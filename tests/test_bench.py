@@ -90,7 +90,7 @@ def test_bench_measures_limit_pipeline_and_survives_5x_overload(
     out = tmp_path / "BENCH.json"
     cmd = [sys.executable, "-m", "pipeline.cli", "bench", "--bootstrap", kafka_bootstrap,
            "--set", f"scorer.model_repo={model_repo}", "--step-s", "4", "--warmup", "1",
-           "--start-rate", "25", "--slo-p99-ms", "500", "--deadline-ms", "1000", "--max-steps", "6", "--precision", "0.25", "--warm-s", "15",
+           "--start-rate", "12", "--slo-p99-ms", "200", "--max-steps", "6", "--precision", "0.25", "--warm-s", "15",
            "--steady-s", "6", "--overload-s", "60", "--recovery-s", "15", "--limit-s", "0.2",
            "--requests", "500", "--progress", "off", "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=800, check=False,
@@ -103,9 +103,9 @@ def test_bench_measures_limit_pipeline_and_survives_5x_overload(
     p, lim = doc["pipeline"], doc["limit"]
     # some rate met the bound. How high depends on the machine: at p99 <= 50 ms, 62/s, 38/s,
     # 19/s and none were found on one 2-core VM in one day (its host took up to a fifth of
-    # its CPU at times), so this run's bound and deadlines are loose; the bench's own
-    # defaults (50 ms, 100 ms deadlines) are what the README's numbers use
-    assert p["rate"] > 0 and p["p99_ms"] <= 500
+    # its CPU at times), so this run's bound is loose; the deadlines stay the bench's 100 ms
+    # (the overload's memory check relies on late requests being shed early)
+    assert p["rate"] > 0 and p["p99_ms"] <= 200
     assert lim["rows_per_s"] > 0 and lim["threads"] == 1
     assert doc["ratio"] == pytest.approx(p["candidates_per_s"] / lim["rows_per_s"], rel=1e-3)
     assert p["batch_rows"]["batches"] > 0 and p["batch_rows"]["buckets"]

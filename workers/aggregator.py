@@ -51,13 +51,17 @@ class _Pending:
 
 class Aggregator(Handler):
     name = "aggregator"
-    ordered = True  # a partition's answers go out in the order its records completed them
     holds = True
 
     def __init__(self, settings: Settings, transport: Transport | None = None) -> None:
         self.s = settings
         self.transport = transport
         self.exactly_once = settings.actor.delivery == "exactly_once"
+        # at-least-once: a partition's answers go out in the order its records completed
+        # them (per-user order with features.key = "user"). Exactly-once keeps them
+        # unordered: with ordered sends its SIGKILL fault test lost answers in one run, a
+        # bug not found yet (closing note of stop 10)
+        self.ordered = not self.exactly_once
         self._pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[int, str]] = []
         self._done: OrderedDict[str, None] = OrderedDict()
