@@ -19,7 +19,7 @@ import bisect
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Self
@@ -39,6 +39,14 @@ NONE = -1
 STAMPS = (H.SENT_MS,) + tuple(f"{H.STAGE_PREFIX}{s}.{edge}" for s in
                               ("features", "scorer", "aggregator", "fused")
                               for edge in ("in", "out"))
+
+
+def stamps_of(headers: Mapping[str, bytes]) -> list[int]:
+    """A result's :data:`STAMPS` (epoch ms; 0 where missing), one row of the breakdown."""
+    get = headers.get
+    return [int(get(name) or 0) for name in STAMPS]
+
+
 HIGHEST_US = 3_600_000_000  # an hour, in microseconds
 LEAD_S = 0.05  # the first request is due this long after start() returns
 MAX_BURST = 256  # requests handed to the system in one go at most
@@ -101,8 +109,7 @@ class Measurement:
             return
         self.n_scored[i] = a.n_scored
         if a.headers:
-            get = a.headers.get
-            self.stamps[i] = [int(get(name) or 0) for name in STAMPS]
+            self.stamps[i] = stamps_of(a.headers)
         if offset >= self.warmup_s:
             self.histogram.record_value(min(HIGHEST_US, max(1, round(latency * 1e6))))
 

@@ -66,6 +66,16 @@ def _q(x: np.ndarray) -> dict[str, float | int]:
             "p90": round(p90, 3), "p99": round(p99, 3), "max": round(float(x.max()), 3)}
 
 
+def stage_durations(stamps: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per row of :data:`STAGES`: which requests (rows of ``stamps``, the results'
+    :data:`~loadtest.replay.STAMPS`) passed it, and their time in it (ms)."""
+    out = {}
+    for name, end, start in STAGES:
+        has = (stamps[:, end] > 0) & (stamps[:, start] > 0)
+        out[name] = has, (stamps[:, end] - stamps[:, start]).astype(np.float64)
+    return out
+
+
 def stage_breakdown(m: Measurement, mask: np.ndarray) -> list[dict[str, Any]]:
     """Time in each stage and each queue between stages (ms), from the ``ts.*`` headers.
 
@@ -77,10 +87,10 @@ def stage_breakdown(m: Measurement, mask: np.ndarray) -> list[dict[str, Any]]:
     st = m.stamps
     lag = (m.sent_s - m.intended_s) * 1000.0
     rows = [{"name": "client send lag", **_q(lag[answered])}]
-    for name, end, start in STAGES:
-        ok = answered & (st[:, end] > 0) & (st[:, start] > 0)
+    for name, (has, ms) in stage_durations(st).items():
+        ok = answered & has
         if ok.any():  # the stages of the topology that ran (three hops, or fused)
-            rows.append({"name": name, **_q((st[ok, end] - st[ok, start]).astype(np.float64))})
+            rows.append({"name": name, **_q(ms[ok])})
     back = answered & (st[:, 6] > 0)
     received_ms = m.wall0_ms + (m.received_s - m.t0) * 1000.0
     rows.append({"name": "back to client", **_q(received_ms[back] - st[back, 6])})

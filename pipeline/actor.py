@@ -18,7 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -27,6 +27,7 @@ from pipeline.config import ActorSection
 from pipeline.flow import FlowControl
 from pipeline.middleware import Middleware
 from pipeline.offsets import OffsetTracker
+from pipeline.tracing import begin_batch
 from pipeline.transactions import PartitionTransactions
 from pipeline.transport.base import (
     TP,
@@ -38,6 +39,9 @@ from pipeline.transport.base import (
     Record,
     Transport,
 )
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = structlog.get_logger("adstream.actor")
 
@@ -80,6 +84,9 @@ class Handler(ABC):
     #: returns Held results: exactly-once commits the done watermark (the handler makes a
     #: replay of what a transaction already answered harmless), not "everything sent"
     holds: bool = False
+    #: where the handler's spans go; None (the default) is tracing off. When set, each
+    #: batch is handed over with its clock (``pipeline.tracing.current_batch``)
+    tracer: Tracer | None = None
 
     @abstractmethod
     async def handle(self, records: Sequence[Record]) -> list[Result]:
@@ -335,7 +342,9 @@ class Actor:
                        mine: asyncio.Future[bool]) -> None:
         assert self._flow is not None
         start = time.perf_counter()
-        received = str(headers.now_ms()).encode()
+        received_ns = time.time_ns()
+        received = str(received_ns // 1_000_000).encode()
+        clock = begin_batch(received_ns) if self.handler.tracer is not None else None
         self._hook("before_batch", records)
         n_bytes = sum(len(r.value) for r in records)
         settled = False  # the batch's records were marked done (or handed to their futures)
@@ -362,12 +371,15 @@ class Actor:
                 done.append(rec.offset)
             stamp_in, stamp_out = headers.stage_in(self.handler.name), \
                 headers.stage_out(self.handler.name)
-            sent = str(headers.now_ms()).encode()
+            sent_ns = time.time_ns()
+            sent = str(sent_ns // 1_000_000).encode()
             for o in outputs:
                 o.headers[stamp_in] = received
                 o.headers[stamp_out] = sent
             acked = await self._send_batch(tp, outputs, records[-1].offset)
             mine.set_result(True)
+            if clock is not None:  # the stage spans end where the out stamp was read
+                clock.sent(sent_ns)
             try:
                 await acked
             except Exception as e:

@@ -37,6 +37,16 @@ def _join(pieces: list[np.ndarray]) -> np.ndarray:
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
+@dataclass(slots=True, frozen=True)
+class Timing:
+    """Where one submission's time went (epoch ns): queued from ``queued_ns`` until its
+    batch started at ``started_ns``, then joined and scored until ``ended_ns``."""
+
+    queued_ns: int
+    started_ns: int
+    ended_ns: int
+
+
 @dataclass(slots=True)
 class _Item:
     arrays: tuple[Input, ...]
@@ -46,6 +56,8 @@ class _Item:
     enqueued: float
     priority: int = 0
     count: int = 1  # the callers' units (chunks) it stands for, in the queue-wait metric
+    queued_ns: int = 0  # epoch ns when submitted, for submit_timed (0: not timed)
+    timing: Timing | None = None
 
 
 @dataclass
@@ -105,6 +117,18 @@ class DynamicBatcher:
         Higher ``priority`` submissions are batched before lower ones that wait (under
         overload the queue serves them first); equal priorities keep arrival order.
         ``count``: how many of the caller's units (chunks) the submission joins."""
+        return await self._submit(arrays, deadline, priority, count, None)
+
+    async def submit_timed(self, *arrays: Input, deadline: float | None = None,
+                           priority: int = 0, count: int = 1) -> tuple[np.ndarray, Timing]:
+        """:meth:`submit`, with where the submission's time went (for tracing spans)."""
+        item: list[_Item] = []
+        out = await self._submit(arrays, deadline, priority, count, item)
+        assert item[0].timing is not None
+        return out, item[0].timing
+
+    async def _submit(self, arrays: tuple[Input, ...], deadline: float | None, priority: int,
+                      count: int, timed: list[_Item] | None) -> np.ndarray:
         rows = _rows(arrays[0])
         if rows > self.max_rows:
             raise ValueError(f"{rows} rows in one submission exceed max_rows={self.max_rows}")
@@ -114,7 +138,11 @@ class DynamicBatcher:
             self._room.clear()
             await self._room.wait()
         fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Item(arrays, rows, deadline, fut, time.monotonic(), priority, count))
+        item = _Item(arrays, rows, deadline, fut, time.monotonic(), priority, count)
+        if timed is not None:
+            item.queued_ns = time.time_ns()
+            timed.append(item)
+        self._enqueue(item)
         self._queued_rows += rows
         self._arrived.set()
         return await fut
@@ -181,6 +209,7 @@ class DynamicBatcher:
     async def _execute(self, instance: int, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         start = time.monotonic()
+        start_ns = time.time_ns()
         try:
             live = [it for it in batch if not it.future.cancelled()]
             if not live:
@@ -207,7 +236,10 @@ class DynamicBatcher:
             if len(self.stats.sizes) < 100_000:
                 self.stats.sizes.append(rows)
             pos = 0
+            end_ns = time.time_ns()
             for it in live:
+                if it.queued_ns:
+                    it.timing = Timing(it.queued_ns, start_ns, end_ns)
                 if not it.future.done():
                     it.future.set_result(out[pos:pos + it.rows])
                 pos += it.rows

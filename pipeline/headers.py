@@ -1,4 +1,4 @@
-"""The Kafka headers every adstream message carries: schema, deadline, trace id, send time."""
+"""The Kafka headers every adstream message carries: schema, deadline, trace context, send time."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import time
 SCHEMA = "schema"
 DEADLINE_MS = "deadline_ms"
 TRACE_ID = "trace_id"
+# W3C trace context (https://www.w3.org/TR/trace-context/): carried to every derived message;
+# a stage that traces replaces traceparent with its own span (pipeline/tracing.py)
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 SENT_MS = "sent_ms"
 # where the request was read (``ads.requests[3]@17``): set by the first stage, carried on
 ORIGIN = "origin"
@@ -70,10 +74,12 @@ def stage_times(headers: dict[str, bytes]) -> dict[str, int]:
     return out
 
 
+CARRIED = frozenset((DEADLINE_MS, TRACE_ID, TRACEPARENT, TRACESTATE, SENT_MS, ORIGIN))
+
+
 def carry(headers: dict[str, bytes], schema: str) -> dict[str, bytes]:
-    """Headers for a message derived from one with ``headers``: same deadline, trace, origin
-    and stage timestamps."""
-    out = {k: v for k, v in headers.items()
-           if k in (DEADLINE_MS, TRACE_ID, SENT_MS, ORIGIN) or k.startswith(STAGE_PREFIX)}
+    """Headers for a message derived from one with ``headers``: same deadline, trace id and
+    context, origin and stage timestamps."""
+    out = {k: v for k, v in headers.items() if k in CARRIED or k.startswith(STAGE_PREFIX)}
     out[SCHEMA] = schema.encode()
     return out

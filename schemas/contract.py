@@ -282,6 +282,18 @@ def headers() -> Schema:
                          "description": "an opaque id carried unchanged to every derived "
                                         "message and the result (e.g. a W3C trace id); "
                                         "absent: the request id"},
+            H.TRACEPARENT: {"type": "string",
+                            "pattern": r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+                            "description": "W3C trace context (version-trace_id-parent_id-"
+                                           "flags), carried to every derived message; a "
+                                           "stage that traces (tracing.otlp_endpoint set) "
+                                           "makes its span a child of this one when the "
+                                           "sampled flag is set and writes its own span "
+                                           "here; absent: the feature stage may start a "
+                                           "trace (tracing.sample_ratio)"},
+            H.TRACESTATE: {"type": "string",
+                           "description": "W3C tracestate (vendor entries), carried with "
+                                          "traceparent"},
             H.SENT_MS: _decimal("epoch ms when the client produced the request"),
             H.ORIGIN: {"type": "string", "pattern": r"^.+\[[0-9]+\]@[0-9]+$",
                        "description": "set by the feature stage: where the request was read, "

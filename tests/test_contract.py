@@ -210,7 +210,7 @@ def test_headers_of_real_messages_validate() -> None:
 
 @pytest.mark.parametrize("bad", [{"deadline_ms": "1.7e12"}, {"sent_ms": "-5"},
                                  {"schema": "ScoreRequest"}, {"ts.features.in": "soon"},
-                                 {"origin": "ads.requests"}])
+                                 {"origin": "ads.requests"}, {"traceparent": "00-abc-01"}])
 def test_headers_not_in_the_documented_encoding_are_refused(bad: dict[str, str]) -> None:
     assert not validator("headers.schema.json").is_valid(bad)
     if "deadline_ms" in bad:  # and the pipeline ignores such a deadline header

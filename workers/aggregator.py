@@ -17,18 +17,24 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline import headers as H
 from pipeline.actor import Handler, Held, PartitionLost, Result, Send
 from pipeline.timeslice import TimeSlice
+from pipeline.tracing import current_batch, link
 from pipeline.transport.base import TP, Outgoing, Record, Transport
 from schemas.messages import ScoreChunk, ScoreResult, decode, encode, schema_name
 from workers.ranking import rank
 from workers.replies import dead_letter, status_result
 from workers.request_ids import Origin, RequestIds, Seen
 from workers.settings import Settings
+from workers.spans import AGGREGATION, open_stage
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
 
 RESULT_SCHEMA = schema_name(ScoreResult.TYPE)
 
@@ -47,6 +53,9 @@ class _Pending:
     answered: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
     finishing: bool = False
+    status: str = ""  # how it was answered
+    # traced: the traceparents of the chunks after the first (the first's is in headers)
+    others: list[dict[str, bytes]] | None = None
 
 
 class Aggregator(Handler):
@@ -120,11 +129,44 @@ class Aggregator(Handler):
         if chunk.chunk in p.chunks or p.finishing:
             self.counts["duplicates"] += 1
             return []  # its twin, already taken, is the record that waits
+        if self.tracer is not None and p.chunks and H.TRACEPARENT in record.headers:
+            if p.others is None:
+                p.others = []
+            p.others.append({H.TRACEPARENT: record.headers[H.TRACEPARENT]})
         p.chunks[chunk.chunk] = chunk
         p.headers[H.stage_in(self.name)] = str(H.now_ms()).encode()
         if len(p.chunks) == p.n_chunks:
-            return Held(p.answered, send=self._answer(p, deadline_passed=False))
+            clock = current_batch() if self.tracer is not None else None
+            if self.tracer is None or clock is None:
+                return Held(p.answered, send=self._answer(p, deadline_passed=False))
+            spans = self._trace(self.tracer, p, clock.received_ns)
+            send = self._answer(p, deadline_passed=False)
+            for span in spans:
+                span.set_attribute("adstream.status", p.status)
+            clock.end_when_sent(spans)
+            return Held(p.answered, send=send)
         return Held(p.answered)
+
+    def _trace(self, tracer: Tracer, p: _Pending, received_ns: int) -> list[Span]:
+        """The stage span of ``p``'s answer (child of its first chunk's scorer span, linked
+        to the others') and its ``aggregation`` child from ``received_ns``, both to be ended
+        when the answer is sent; ``p``'s headers now name the stage span. ``queue wait``
+        covers the wait for the request's other chunks."""
+        links = [lk for h in p.others or () if (lk := link(h)) is not None]
+        span = open_stage(tracer, self.name, p.headers, received_ns,
+                          fallback_ms=received_ns // 1_000_000, new_trace=False,
+                          attributes={"adstream.request_id": p.request_id,
+                                      "adstream.chunks": p.n_chunks,
+                                      "messaging.system": "kafka",
+                                      "messaging.destination.partition.id": str(p.partition)},
+                          links=links)
+        if span is None:
+            return []
+        from opentelemetry import trace
+
+        aggregation = tracer.start_span(AGGREGATION, context=trace.set_span_in_context(span),
+                                        start_time=received_ns)
+        return [aggregation, span]
 
     async def assigned(self, tps: set[TP]) -> None:
         """Exactly-once: learn which requests of these partitions were already answered (in
@@ -168,6 +210,7 @@ class Aggregator(Handler):
             status = "partial"
         else:
             status = "ok"
+        p.status = status
         if scored:
             ad_id = np.concatenate([c.ad_id for c in scored])
             bid = np.concatenate([c.bid for c in scored])
@@ -205,9 +248,18 @@ class Aggregator(Handler):
                 p = self._pending.get(rid)
                 if p is None or p.finishing:
                     continue
+                spans: list[Span] = []
+                if self.tracer is not None:  # from the last chunk's arrival
+                    taken_ms = H.int_header(p.headers, H.stage_in(self.name)) or H.now_ms()
+                    spans = self._trace(self.tracer, p, taken_ms * 1_000_000)
                 msgs = self._answer(p, deadline_passed=True)
                 try:
                     assert self._send is not None
+                    if spans:
+                        sent_ns = time.time_ns()
+                        for span in spans:
+                            span.set_attribute("adstream.status", p.status)
+                            span.end(end_time=sent_ns)
                     await self._send(msgs, TP(self.s.topics.scores, p.partition))
                 except PartitionLost:
                     p.answered.cancel()  # the partition's new owner answers

@@ -6,12 +6,14 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline import headers as H
 from pipeline.actor import Handler, Result
 from pipeline.timeslice import TimeSlice
+from pipeline.tracing import BatchClock, child, current_batch
 from pipeline.transport.base import Outgoing, Record, Transport
 from schemas.errors import SchemaError
 from schemas.messages import (
@@ -26,6 +28,10 @@ from workers.features import FeaturePipeline
 from workers.replies import dead_letter, status_result
 from workers.request_ids import Origin
 from workers.settings import Settings
+from workers.spans import FEATURE_PLAN, open_stage, record_attributes
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
 
 CHUNK_SCHEMA = schema_name(FeatureChunk.TYPE)
 OFF_LOOP_ROWS = 2048  # a plan call over this many rows (~1 ms) runs in a thread, off the loop
@@ -52,7 +58,10 @@ class FeatureActor(Handler):
         return reply_to or self.s.topics.results
 
     async def handle(self, records: Sequence[Record]) -> list[Result]:
-        results, live = await self.prepare(records)
+        results, live, plan = await self.prepare(records)
+        clock = current_batch() if self.tracer is not None else None
+        traced = self.trace(self.tracer, clock, records, live, plan) \
+            if self.tracer is not None and clock is not None else []
         by_user = self.s.features.key == "user"
         topic, step = self.s.topics.features, self.s.features.chunk_rows
         slice_ = TimeSlice()
@@ -74,12 +83,35 @@ class FeatureActor(Handler):
                     f"{req.request_id}:{c}".encode()
                 out.append(Outgoing(topic, encode(chunk), key=key, headers=dict(item.headers)))
             results[item.index] = out
+        if clock is not None:
+            clock.end_when_sent([span for _, span in traced])
         return results
 
-    async def prepare(self, records: Sequence[Record]) -> tuple[list[Result], list[Prepared]]:
+    def trace(self, tracer: Tracer, clock: BatchClock, records: Sequence[Record],
+              live: list[Prepared], plan: tuple[int, int], stage: str | None = None
+              ) -> list[tuple[Prepared, Span]]:
+        """The stage spans of the batch's live requests that are traced (their ``queue
+        wait`` and ``feature plan`` children done); each request's output headers now
+        name its span. The caller ends them when the batch is sent."""
+        spans = []
+        for item in live:
+            rec = records[item.index]
+            attributes = {**record_attributes(rec, item.request.request_id),
+                          "adstream.candidates": item.request.n_candidates}
+            span = open_stage(tracer, stage or self.name, item.headers, clock.received_ns,
+                              fallback_ms=rec.timestamp_ms, new_trace=True,
+                              attributes=attributes)
+            if span is not None:
+                child(tracer, span, FEATURE_PLAN, *plan)
+                spans.append((item, span))
+        return spans
+
+    async def prepare(self, records: Sequence[Record]
+                      ) -> tuple[list[Result], list[Prepared], tuple[int, int]]:
         """Decode ``records`` and compute every live request's model inputs in one plan
         call. Returns one Result per record, filled for those already answered (expired)
-        or failed, and the live requests with their inputs."""
+        or failed, the live requests with their inputs, and when the plan call started
+        and ended (epoch ns)."""
         results: list[Result] = [[] for _ in records]
         live: list[Prepared] = []
         now_ms = time.time() * 1000
@@ -95,13 +127,16 @@ class FeatureActor(Handler):
                 results[i] = [made]
             else:
                 live.append(Prepared(i, made[0], made[1], made[2]))
+        plan_start = plan_end = 0
         if live:
+            plan_start = time.time_ns()
             if sum(p.request.n_candidates for p in live) >= OFF_LOOP_ROWS:
                 await asyncio.to_thread(self._features, live, results)
             else:
                 self._features(live, results)
+            plan_end = time.time_ns()
             live = [p for p in live if not isinstance(results[p.index], Exception)]
-        return results, live
+        return results, live, (plan_start, plan_end)
 
     def _features(self, live: list[Prepared], results: list[Result]) -> None:
         """Fill ``dense``/``sparse`` of each live request from one plan call over all of

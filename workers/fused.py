@@ -17,11 +17,13 @@ import numpy as np
 from pipeline import headers as H
 from pipeline.actor import Handler, Result, Send
 from pipeline.timeslice import TimeSlice
+from pipeline.tracing import current_batch
 from pipeline.transport.base import TP, Outgoing, Record
 from schemas.messages import ScoreResult, encode, schema_name
 from workers.feature_actor import FeatureActor, Prepared
 from workers.ranking import rank
 from workers.scorer import Rows, ScoringWorker
+from workers.spans import model_steps
 
 RESULT_SCHEMA = schema_name(ScoreResult.TYPE)
 
@@ -41,11 +43,21 @@ class FusedFeaturesScorer(Handler):
         await self.scorer.close()
 
     async def handle(self, records: Sequence[Record]) -> list[Result]:
-        results, live = await self.features.prepare(records)
+        results, live, plan = await self.features.prepare(records)
         if not live:
             return results
-        scores = await self.scorer.score([Rows(p.dense, p.sparse, p.deadline_ms,
-                                               p.request.priority) for p in live])
+        parts = [Rows(p.dense, p.sparse, p.deadline_ms, p.request.priority) for p in live]
+        clock = current_batch() if self.tracer is not None else None
+        if self.tracer is None or clock is None:
+            scores = await self.scorer.score(parts)
+        else:
+            scores, timings = await self.scorer.score_timed(parts)
+            # the request's stage span, in its headers before the answer copies them
+            traced = self.features.trace(self.tracer, clock, records, live, plan, self.name)
+            timing_of = {p.index: t for p, t in zip(live, timings, strict=True)}
+            for p, span in traced:
+                model_steps(self.tracer, span, timing_of[p.index])
+            clock.end_when_sent([span for _, span in traced])
         slice_ = TimeSlice()
         for p, sc in zip(live, scores, strict=True):
             await slice_.check()

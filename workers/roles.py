@@ -14,6 +14,7 @@ from pipeline.endpoint import keep_fresh, start_server
 from pipeline.kafka_clients import kafka_options
 from pipeline.metrics import Check, Metrics
 from pipeline.middleware import Middleware
+from pipeline.tracing import Tracing
 from pipeline.transport import Transport, open_transport
 from workers.aggregator import Aggregator
 from workers.feature_actor import FeatureActor
@@ -80,8 +81,16 @@ def scoring_batcher(settings: Settings, spec: ModelSpec,
 
 
 def build_handler(role: str, settings: Settings, transport: Transport,
-                  metrics: Metrics | None = None) -> Handler:
-    """The role's handler; with ``metrics``, its batcher and counters are registered there."""
+                  metrics: Metrics | None = None, tracing: Tracing | None = None) -> Handler:
+    """The role's handler; with ``metrics``, its batcher and counters are registered there;
+    its spans go to ``tracing``'s tracer (none: tracing off)."""
+    handler = _handler(role, settings, transport, metrics)
+    handler.tracer = tracing.tracer if tracing is not None else None
+    return handler
+
+
+def _handler(role: str, settings: Settings, transport: Transport,
+             metrics: Metrics | None) -> Handler:
     if role == "features":
         features = FeatureActor(settings, feature_pipeline(settings, model_spec(settings)),
                                 transport)
@@ -114,11 +123,12 @@ def build_handler(role: str, settings: Settings, transport: Transport,
 
 
 def build_actor(role: str, settings: Settings, transport: Transport,
-                middleware: Sequence[Middleware] = (), metrics: Metrics | None = None) -> Actor:
+                middleware: Sequence[Middleware] = (), metrics: Metrics | None = None,
+                tracing: Tracing | None = None) -> Actor:
     t, a = settings.topics, settings.actor
     inputs = {"features": t.requests, "scorer": t.features, "aggregator": t.scores,
               "fused": t.requests}
-    handler = build_handler(role, settings, transport, metrics)
+    handler = build_handler(role, settings, transport, metrics, tracing)
     lost_after_s = None if settings.kafka.bootstrap.startswith("memory://") \
         else settings.kafka.session_timeout_ms / 1000
     return Actor(transport, handler, f"{settings.kafka.group_prefix}-{role}", [inputs[role]],
@@ -137,20 +147,25 @@ async def run_roles(
     roles: Iterable[str], settings: Settings, stop: asyncio.Event,
     transport: Transport | None = None, ready: asyncio.Event | None = None,
     middleware: Sequence[Middleware] = (), metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
 ) -> list[Actor]:
     """Run the given roles in this process until ``stop`` is set; return their actors.
 
     ``ready`` is set once every actor has been assigned its partitions. With
     ``metrics.port`` set, the process serves /metrics, /healthz and /readyz there from
-    before the models load until its actors finished draining.
+    before the models load until its actors finished draining. Spans go to ``tracing``
+    (default: from the ``tracing`` settings, exported over OTLP, and flushed at the end).
     """
     transport = transport or transport_for(settings)
     if metrics is None and settings.metrics.port:
         metrics = Metrics()
+    own_tracing = tracing is None
+    tracing = tracing or Tracing.from_settings(settings.tracing)
     server = start_server(metrics, settings.metrics) if metrics and settings.metrics.port \
         else None
     try:
-        actors = [build_actor(r, settings, transport, middleware, metrics) for r in roles]
+        actors = [build_actor(r, settings, transport, middleware, metrics, tracing)
+                  for r in roles]
         finished = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             runs = [tg.create_task(a.run(stop)) for a in actors]
@@ -166,6 +181,8 @@ async def run_roles(
     finally:
         if server is not None:
             await asyncio.to_thread(server.stop)
+        if own_tracing:
+            await asyncio.to_thread(tracing.close)
     return actors
 
 

@@ -6,13 +6,15 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline import headers as H
 from pipeline.actor import Handler, Result, Send
-from pipeline.batcher import DynamicBatcher
+from pipeline.batcher import DynamicBatcher, Timing
 from pipeline.timeslice import TimeSlice
+from pipeline.tracing import BatchClock, current_batch
 from pipeline.transport.base import Outgoing, Record
 from schemas.errors import SchemaError
 from schemas.messages import (
@@ -25,6 +27,10 @@ from schemas.messages import (
 )
 from workers.replies import dead_letter
 from workers.settings import Settings
+from workers.spans import model_steps, open_stage, record_attributes
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
 
 SCORE_SCHEMA = schema_name(ScoreChunk.TYPE)
 _NO_IDS = np.zeros(0, np.int64)  # an expired chunk's (read-only, shared) empty columns
@@ -80,38 +86,84 @@ class ScoringWorker(Handler):
                 live.append((i, chunk))
         live = self._finite(live, results)
         if live:
-            scores = await self.score([Rows(c.dense, c.sparse, c.deadline_ms, c.priority)
-                                       for _, c in live])
+            parts = [Rows(c.dense, c.sparse, c.deadline_ms, c.priority) for _, c in live]
+            clock = current_batch() if self.tracer is not None else None
+            if clock is None:
+                scores, timings = await self.score(parts), None
+            else:
+                scores, timings = await self.score_timed(parts)
             for (i, chunk), sc in zip(live, scores, strict=True):
                 await slice_.check()
                 results[i] = [self._output(records[i], chunk, sc)]
+            if self.tracer is not None and clock is not None and timings is not None:
+                clock.end_when_sent(self._trace(self.tracer, clock, records, live, results,
+                                                timings))
         return results
+
+    def _trace(self, tracer: Tracer, clock: BatchClock, records: Sequence[Record],
+               live: list[tuple[int, FeatureChunk]], results: list[Result],
+               timings: list[list[Timing]]) -> list[Span]:
+        """The stage span of each traced chunk, with its queue, batch and model waits; its
+        ScoreChunk's headers now name it."""
+        spans = []
+        for (i, chunk), timing in zip(live, timings, strict=True):
+            out = results[i]
+            assert isinstance(out, list)
+            rec = records[i]
+            attributes = {**record_attributes(rec, chunk.request_id), "adstream.chunk":
+                          chunk.chunk, "adstream.rows": int(chunk.dense.shape[0])}
+            span = open_stage(tracer, self.name, out[0].headers, clock.received_ns,
+                              fallback_ms=rec.timestamp_ms, new_trace=False,
+                              attributes=attributes)
+            if span is not None:
+                model_steps(tracer, span, timing)
+                spans.append(span)
+        return spans
 
     async def score(self, parts: Sequence[Rows]) -> list[np.ndarray]:
         """Scores of every part, from as few batcher submissions as the row limit allows:
         parts are joined (highest priority first) into submissions of at most
         ``max_rows`` rows each, and the scores split back."""
+        return (await self._score(parts, timed=False))[0]
+
+    async def score_timed(self, parts: Sequence[Rows]
+                          ) -> tuple[list[np.ndarray], list[list[Timing]]]:
+        """:meth:`score`, with the timing of each submission each part was scored in."""
+        scores, timings = await self._score(parts, timed=True)
+        assert timings is not None
+        return scores, timings
+
+    async def _score(self, parts: Sequence[Rows], *, timed: bool
+                     ) -> tuple[list[np.ndarray], list[list[Timing]] | None]:
         groups = _group(parts, self.batcher.max_rows)
         now_ms, now = time.time() * 1000, time.monotonic()
-        outs = await asyncio.gather(*(self._submit(parts, g, now_ms, now) for g in groups))
+        outs = await asyncio.gather(*(self._submit(parts, g, now_ms, now, timed)
+                                      for g in groups))
         pieces: list[list[np.ndarray]] = [[] for _ in parts]
-        for g, out in zip(groups, outs, strict=True):
+        timings: list[list[Timing]] | None = [[] for _ in parts] if timed else None
+        for g, (out, timing) in zip(groups, outs, strict=True):
             at = 0
             for i, lo, hi in g:
                 pieces[i].append(out[at:at + hi - lo])
                 at += hi - lo
+                if timings is not None and timing is not None:
+                    timings[i].append(timing)
         return [p[0] if len(p) == 1 else
-                np.concatenate(p) if p else np.zeros(0, np.float32) for p in pieces]
+                np.concatenate(p) if p else np.zeros(0, np.float32) for p in pieces], timings
 
     async def _submit(self, parts: Sequence[Rows], group: list[tuple[int, int, int]],
-                      now_ms: float, now: float) -> np.ndarray:
+                      now_ms: float, now: float, timed: bool
+                      ) -> tuple[np.ndarray, Timing | None]:
         dense = [parts[i].dense[lo:hi] for i, lo, hi in group]
         sparse = [parts[i].sparse[lo:hi] for i, lo, hi in group]
         deadlines = [d for i, _, _ in group if (d := parts[i].deadline_ms) is not None]
         deadline = now + (min(deadlines) - now_ms) / 1000 if deadlines else None
-        return await self.batcher.submit(dense, sparse, deadline=deadline,
-                                         priority=parts[group[0][0]].priority,
-                                         count=len({i for i, _, _ in group}))
+        priority, count = parts[group[0][0]].priority, len({i for i, _, _ in group})
+        if timed:
+            return await self.batcher.submit_timed(dense, sparse, deadline=deadline,
+                                                   priority=priority, count=count)
+        return await self.batcher.submit(dense, sparse, deadline=deadline, priority=priority,
+                                         count=count), None
 
     def _output(self, record: Record, chunk: FeatureChunk, scores: np.ndarray | None
                 ) -> Outgoing:

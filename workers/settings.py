@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pipeline.config import ActorSection, KafkaSection, LogSection
 from pipeline.metrics import MetricsSection
 from pipeline.setting_rules import setting
+from pipeline.tracing import TracingSection
 from workers.backend_names import BACKENDS
 
 
@@ -66,3 +67,4 @@ class Settings:
     aggregator: AggregatorSection = field(default_factory=AggregatorSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     log: LogSection = field(default_factory=LogSection)
+    tracing: TracingSection = field(default_factory=TracingSection)
