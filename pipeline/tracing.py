@@ -3,7 +3,7 @@
 Off by default: without ``tracing.otlp_endpoint`` a process has no tracer (``None``) and
 every stage checks that once per batch, so the off path costs a comparison. When on, a
 stage makes spans only for messages whose ``traceparent`` is sampled (an entry stage
-starts a trace, sampled at ``tracing.sample_ratio``, for a request without one), from
+starts a trace for a request without one at ``tracing.sample_ratio``), from
 clock readings it already has: the actor's when-received and when-sent of the batch
 (:class:`BatchClock`, the same readings as the ``ts.<stage>.in/out`` stamps), so the
 spans and the load tester's stage breakdown measure the same intervals. What the spans
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -62,11 +63,11 @@ class Tracing:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
+        # sampling is decided before a span is made (stage_span), so the SDK's sampler is
+        # its default, which records what it is given
         provider = TracerProvider(
-            resource=Resource.create({"service.name": section.service_name}),
-            sampler=ParentBased(TraceIdRatioBased(section.sample_ratio)))
+            resource=Resource.create({"service.name": section.service_name}))
         provider.add_span_processor(
             BatchSpanProcessor(OTLPSpanExporter(endpoint=section.otlp_endpoint)))
         return cls(provider.get_tracer("adstream"), provider)
@@ -140,38 +141,44 @@ def _w3c() -> tuple[TraceContextTextMapPropagator, Getter[dict[str, bytes]],
     return TraceContextTextMapPropagator(), carrier, carrier
 
 
+_UNSAMPLED = frozenset(b"02468ace")  # last hex digit of the flags without the sampled bit
+
+
 def stage_span(tracer: Tracer, name: str, headers: dict[str, bytes], *, start_ns: int,
-               new_trace: bool, attributes: Attributes | None = None,
+               new_trace: float, attributes: Attributes | None = None,
                links: Sequence[Link] = ()) -> Span | None:
     """The span of a stage's work on a message with ``headers`` (the outgoing ones, which
     carry the input's trace context), started at ``start_ns`` as a child of the message's
     ``traceparent``, which it then replaces with its own. None when the message is not
-    traced: its traceparent is not sampled, or it has none and ``new_trace`` is False (an
-    entry stage passes True: such a request starts a trace, sampled by the provider's
-    sampler; an unsampled one still gets a traceparent, so later stages skip it too)."""
+    traced: its traceparent is not sampled, or it has none (or an invalid one) and lost
+    the draw against ``new_trace``, the chance that such a message starts a trace (an
+    entry stage's ``tracing.sample_ratio``; 0 for later stages). Both are decided before
+    OpenTelemetry is called: an untraced message costs a header lookup."""
+    raw = headers.get(H.TRACEPARENT)
+    if raw is not None and len(raw) == 55 and raw[-1] in _UNSAMPLED and raw[:3] == b"00-":
+        return None  # not sampled upstream
+    if raw is None and (new_trace <= 0.0 or random.random() >= new_trace):
+        return None
     from opentelemetry import trace
     from opentelemetry.context import Context
 
     prop, getter, setter = _w3c()
-    if H.TRACEPARENT in headers:
+    ctx = Context()
+    if raw is not None:
         ctx = prop.extract(headers, getter=getter)
         parent = trace.get_current_span(ctx).get_span_context()
         if not parent.is_valid:
-            if not new_trace:
+            if new_trace <= 0.0 or random.random() >= new_trace:
                 return None
             ctx = Context()
         elif not parent.trace_flags.sampled:
             return None
-    elif not new_trace:
-        return None
-    else:
-        ctx = Context()
     span = tracer.start_span(name, context=ctx, kind=trace.SpanKind.CONSUMER,
                              attributes=attributes, links=links, start_time=start_ns)
+    if not span.is_recording():
+        return None  # not sampled: its traceparent stays the caller's, or none
     headers.pop(H.TRACESTATE, None)
     prop.inject(headers, context=trace.set_span_in_context(span), setter=setter)
-    if not span.is_recording():
-        return None
     return span
 
 

@@ -27,7 +27,7 @@ from loadtest.replay import stamps_of
 from loadtest.summary import stage_durations
 from pipeline import headers as H
 from pipeline.config import ConfigError, load_config
-from pipeline.tracing import Tracing
+from pipeline.tracing import Tracing, stage_span
 from pipeline.transport.memory import MemoryBroker
 from schemas.json_form import request_from_json
 from schemas.messages import ScoreRequest
@@ -49,6 +49,7 @@ def settings(model_repo: Any) -> Iterator[Settings]:
     s.features.chunk_rows = 64  # requests of up to 200 candidates fan out to 1-4 chunks
     s.topics.partitions = 2
     s.log.level = "warning"
+    s.tracing.sample_ratio = 1.0  # requests without a traceparent start a trace
     yield s
     MemoryBroker.drop(name)
 
@@ -302,6 +303,32 @@ async def test_spans_are_exported_to_an_otlp_http_collector(settings) -> None:
     assert services == {"adstream"}
     assert names["fused"] == names["queue wait"] == names["feature plan"] == len(reqs)
     assert names["model"] >= len(reqs)
+
+
+def test_only_sampled_or_drawn_messages_get_a_stage_span(exporter) -> None:
+    tracing, spans_out, _ = exporter
+    assert tracing.tracer is not None
+    sampled = b"00-" + b"12" * 16 + b"-" + b"34" * 8 + b"-01"
+    for headers, ratio, traced in [({}, 0.0, False), ({}, 1.0, True),
+                                   ({H.TRACEPARENT: sampled}, 0.0, True),
+                                   ({H.TRACEPARENT: sampled[:-1] + b"0"}, 1.0, False),
+                                   ({H.TRACEPARENT: b"garbage"}, 0.0, False),
+                                   ({H.TRACEPARENT: b"garbage"}, 1.0, True)]:
+        before = dict(headers)
+        span = stage_span(tracing.tracer, "features", headers, start_ns=time.time_ns(),
+                          new_trace=ratio)
+        assert (span is not None) == traced, (before, ratio)
+        if span is None:
+            assert headers == before  # passed on as it came
+            continue
+        span.end()
+        c = span.get_span_context()
+        written = headers[H.TRACEPARENT]
+        assert written[:53] == f"00-{c.trace_id:032x}-{c.span_id:016x}-".encode()
+        assert int(written[53:], 16) & 1  # sampled
+        if before.get(H.TRACEPARENT) == sampled:
+            assert f"{c.trace_id:032x}".encode() == sampled[3:35]
+    assert len(spans_out.get_finished_spans()) == 3
 
 
 def test_an_endpoint_that_is_not_a_url_is_refused() -> None:

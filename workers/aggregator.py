@@ -154,7 +154,7 @@ class Aggregator(Handler):
         covers the wait for the request's other chunks."""
         links = [lk for h in p.others or () if (lk := link(h)) is not None]
         span = open_stage(tracer, self.name, p.headers, received_ns,
-                          fallback_ms=received_ns // 1_000_000, new_trace=False,
+                          fallback_ms=received_ns // 1_000_000, new_trace=0.0,
                           attributes={"adstream.request_id": p.request_id,
                                       "adstream.chunks": p.n_chunks,
                                       "messaging.system": "kafka",

@@ -99,8 +99,8 @@ class FeatureActor(Handler):
             attributes = {**record_attributes(rec, item.request.request_id),
                           "adstream.candidates": item.request.n_candidates}
             span = open_stage(tracer, stage or self.name, item.headers, clock.received_ns,
-                              fallback_ms=rec.timestamp_ms, new_trace=True,
-                              attributes=attributes)
+                              fallback_ms=rec.timestamp_ms,
+                              new_trace=self.s.tracing.sample_ratio, attributes=attributes)
             if span is not None:
                 child(tracer, span, FEATURE_PLAN, *plan)
                 spans.append((item, span))

@@ -113,7 +113,7 @@ class ScoringWorker(Handler):
             attributes = {**record_attributes(rec, chunk.request_id), "adstream.chunk":
                           chunk.chunk, "adstream.rows": int(chunk.dense.shape[0])}
             span = open_stage(tracer, self.name, out[0].headers, clock.received_ns,
-                              fallback_ms=rec.timestamp_ms, new_trace=False,
+                              fallback_ms=rec.timestamp_ms, new_trace=0.0,
                               attributes=attributes)
             if span is not None:
                 model_steps(tracer, span, timing)

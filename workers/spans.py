@@ -38,7 +38,7 @@ def record_attributes(record: Record, request_id: str) -> dict[str, str | int]:
 
 
 def open_stage(tracer: Tracer, stage: str, headers: dict[str, bytes], received_ns: int, *,
-               fallback_ms: int, new_trace: bool, attributes: Attributes,
+               fallback_ms: int, new_trace: float, attributes: Attributes,
                links: Sequence[Link] = ()) -> Span | None:
     """The stage span of a message with (outgoing) ``headers`` and its ``queue wait``
     child; it writes the span into ``headers``' traceparent. None: not traced."""
