@@ -23,6 +23,7 @@ from pipeline import headers as H
 from pipeline.setting_rules import setting
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.propagators.textmap import Getter, Setter
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Link, Span, Tracer
@@ -144,16 +145,12 @@ def _w3c() -> tuple[TraceContextTextMapPropagator, Getter[dict[str, bytes]],
 _UNSAMPLED = frozenset(b"02468ace")  # last hex digit of the flags without the sampled bit
 
 
-def stage_span(tracer: Tracer, name: str, headers: dict[str, bytes], *, start_ns: int,
-               new_trace: float, attributes: Attributes | None = None,
-               links: Sequence[Link] = ()) -> Span | None:
-    """The span of a stage's work on a message with ``headers`` (the outgoing ones, which
-    carry the input's trace context), started at ``start_ns`` as a child of the message's
-    ``traceparent``, which it then replaces with its own. None when the message is not
-    traced: its traceparent is not sampled, or it has none (or an invalid one) and lost
-    the draw against ``new_trace``, the chance that such a message starts a trace (an
-    entry stage's ``tracing.sample_ratio``; 0 for later stages). Both are decided before
-    OpenTelemetry is called: an untraced message costs a header lookup."""
+def parent_of(headers: dict[str, bytes], new_trace: float) -> Context | None:
+    """What the stage span of a message with ``headers`` is a child of: the span its
+    ``traceparent`` names when that is sampled, an empty context (a new trace) when it has
+    none (or an invalid one) and wins the draw against ``new_trace`` (an entry stage's
+    ``tracing.sample_ratio``; 0 for later stages), else None: not traced. An untraced
+    message costs a header lookup (and a draw), without calling OpenTelemetry."""
     raw = headers.get(H.TRACEPARENT)
     if raw is not None and len(raw) == 55 and raw[-1] in _UNSAMPLED and raw[:3] == b"00-":
         return None  # not sampled upstream
@@ -162,21 +159,31 @@ def stage_span(tracer: Tracer, name: str, headers: dict[str, bytes], *, start_ns
     from opentelemetry import trace
     from opentelemetry.context import Context
 
-    prop, getter, setter = _w3c()
-    ctx = Context()
     if raw is not None:
+        prop, getter, _ = _w3c()
         ctx = prop.extract(headers, getter=getter)
         parent = trace.get_current_span(ctx).get_span_context()
-        if not parent.is_valid:
-            if new_trace <= 0.0 or random.random() >= new_trace:
-                return None
-            ctx = Context()
-        elif not parent.trace_flags.sampled:
+        if parent.is_valid:
+            return ctx if parent.trace_flags.sampled else None
+        if new_trace <= 0.0 or random.random() >= new_trace:
             return None
-    span = tracer.start_span(name, context=ctx, kind=trace.SpanKind.CONSUMER,
+    return Context()
+
+
+def stage_span(tracer: Tracer, name: str, headers: dict[str, bytes], parent: Context, *,
+               start_ns: int, attributes: Attributes | None = None,
+               links: Sequence[Link] = ()) -> Span | None:
+    """The span of a stage's work on a message with ``headers`` (the outgoing ones, which
+    carry the input's trace context), a child of ``parent`` (:func:`parent_of`) started at
+    ``start_ns``; it replaces the headers' ``traceparent`` with its own. None when the
+    tracer does not record it (its sampler said no)."""
+    from opentelemetry import trace
+
+    prop, _, setter = _w3c()
+    span = tracer.start_span(name, context=parent, kind=trace.SpanKind.CONSUMER,
                              attributes=attributes, links=links, start_time=start_ns)
     if not span.is_recording():
-        return None  # not sampled: its traceparent stays the caller's, or none
+        return None  # its traceparent stays the caller's, or none
     headers.pop(H.TRACESTATE, None)
     prop.inject(headers, context=trace.set_span_in_context(span), setter=setter)
     return span

@@ -26,11 +26,15 @@ from loadtest.generate import generate
 from loadtest.replay import stamps_of
 from loadtest.summary import stage_durations
 from pipeline import headers as H
+from pipeline.actor import Held
 from pipeline.config import ConfigError, load_config
-from pipeline.tracing import Tracing, stage_span
+from pipeline.tracing import Tracing, begin_batch, parent_of, stage_span
+from pipeline.transport import Outgoing
+from pipeline.transport.base import Record
 from pipeline.transport.memory import MemoryBroker
 from schemas.json_form import request_from_json
-from schemas.messages import ScoreRequest
+from schemas.messages import ScoreChunk, ScoreRequest, encode
+from workers.aggregator import Aggregator
 from workers.client import ResultWaiter, request_message
 from workers.roles import FUSED, THREE_HOPS, ensure_topics, run_roles, transport_for
 from workers.settings import Settings
@@ -305,6 +309,42 @@ async def test_spans_are_exported_to_an_otlp_http_collector(settings) -> None:
     assert names["model"] >= len(reqs)
 
 
+async def test_an_answer_at_the_deadline_gets_its_aggregator_spans(exporter) -> None:
+    """A request one of whose two chunks never comes is answered ``partial`` by the
+    deadline watcher: its stage span ends at that send, from the first chunk's wait."""
+    tracing, spans_out, client = exporter
+    agg = Aggregator(Settings())
+    agg.tracer = tracing.tracer
+    root = client.start_span(CLIENT)
+    sent: list[Outgoing] = []
+
+    async def send(msgs: list[Outgoing], source: object = None) -> None:
+        sent.extend(msgs)
+
+    chunk = ScoreChunk(request_id="r-late", chunk=0, n_chunks=2, n_candidates=2, top_k=1,
+                       reply_to=None, deadline_ms=H.now_ms() + 150,
+                       ad_id=np.array([7], np.int64), bid=np.ones(1, np.float32),
+                       score=np.full(1, 0.5, np.float32))
+    headers = {**_traceparent(root), "ts.scorer.out": str(H.now_ms()).encode()}
+    record = Record("ads.scores", 0, 0, b"r-late", encode(chunk), headers, H.now_ms())
+    async with asyncio.TaskGroup() as tg:
+        await agg.open(tg, send)  # type: ignore[arg-type]
+        begin_batch(time.time_ns())
+        (held,) = await agg.handle([record])
+        assert isinstance(held, Held) and held.send is None
+        await asyncio.wait_for(asyncio.shield(held.until), 5)
+        await agg.close()
+    (answer,) = sent
+    spans = spans_out.get_finished_spans()
+    (stage,) = [s for s in spans if s.name == "aggregator"]
+    assert stage.parent is not None and stage.parent.span_id == root.get_span_context().span_id
+    assert (stage.attributes or {})["adstream.status"] == "partial"
+    kids = _check_stage(spans, stage, {"aggregation"})
+    assert kids["aggregation"][0].end_time == stage.end_time
+    assert answer.headers[H.TRACEPARENT].split(b"-")[2] == \
+        f"{stage.context.span_id:016x}".encode()
+
+
 def test_only_sampled_or_drawn_messages_get_a_stage_span(exporter) -> None:
     tracing, spans_out, _ = exporter
     assert tracing.tracer is not None
@@ -315,12 +355,12 @@ def test_only_sampled_or_drawn_messages_get_a_stage_span(exporter) -> None:
                                    ({H.TRACEPARENT: b"garbage"}, 0.0, False),
                                    ({H.TRACEPARENT: b"garbage"}, 1.0, True)]:
         before = dict(headers)
-        span = stage_span(tracing.tracer, "features", headers, start_ns=time.time_ns(),
-                          new_trace=ratio)
-        assert (span is not None) == traced, (before, ratio)
-        if span is None:
-            assert headers == before  # passed on as it came
+        parent = parent_of(headers, ratio)
+        assert (parent is not None) == traced, (before, ratio)
+        if parent is None:
             continue
+        span = stage_span(tracing.tracer, "features", headers, parent, start_ns=time.time_ns())
+        assert span is not None
         span.end()
         c = span.get_span_context()
         written = headers[H.TRACEPARENT]

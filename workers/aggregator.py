@@ -24,7 +24,7 @@ import numpy as np
 from pipeline import headers as H
 from pipeline.actor import Handler, Held, PartitionLost, Result, Send
 from pipeline.timeslice import TimeSlice
-from pipeline.tracing import current_batch, link
+from pipeline.tracing import current_batch, link, parent_of
 from pipeline.transport.base import TP, Outgoing, Record, Transport
 from schemas.messages import ScoreChunk, ScoreResult, decode, encode, schema_name
 from workers.ranking import rank
@@ -152,9 +152,12 @@ class Aggregator(Handler):
         to the others') and its ``aggregation`` child from ``received_ns``, both to be ended
         when the answer is sent; ``p``'s headers now name the stage span. ``queue wait``
         covers the wait for the request's other chunks."""
+        parent = parent_of(p.headers, 0.0)
+        if parent is None:
+            return []
         links = [lk for h in p.others or () if (lk := link(h)) is not None]
-        span = open_stage(tracer, self.name, p.headers, received_ns,
-                          fallback_ms=received_ns // 1_000_000, new_trace=0.0,
+        span = open_stage(tracer, self.name, p.headers, parent, received_ns,
+                          fallback_ms=received_ns // 1_000_000,
                           attributes={"adstream.request_id": p.request_id,
                                       "adstream.chunks": p.n_chunks,
                                       "messaging.system": "kafka",

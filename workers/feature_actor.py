@@ -13,7 +13,7 @@ import numpy as np
 from pipeline import headers as H
 from pipeline.actor import Handler, Result
 from pipeline.timeslice import TimeSlice
-from pipeline.tracing import BatchClock, child, current_batch
+from pipeline.tracing import BatchClock, child, current_batch, parent_of
 from pipeline.transport.base import Outgoing, Record, Transport
 from schemas.errors import SchemaError
 from schemas.messages import (
@@ -31,6 +31,7 @@ from workers.settings import Settings
 from workers.spans import FEATURE_PLAN, open_stage, record_attributes
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.trace import Span, Tracer
 
 CHUNK_SCHEMA = schema_name(FeatureChunk.TYPE)
@@ -60,7 +61,7 @@ class FeatureActor(Handler):
     async def handle(self, records: Sequence[Record]) -> list[Result]:
         results, live, plan = await self.prepare(records)
         clock = current_batch() if self.tracer is not None else None
-        traced = self.trace(self.tracer, clock, records, live, plan) \
+        traced = self.trace(self.tracer, clock, records, live, self.parents(live), plan) \
             if self.tracer is not None and clock is not None else []
         by_user = self.s.features.key == "user"
         topic, step = self.s.topics.features, self.s.features.chunk_rows
@@ -87,20 +88,28 @@ class FeatureActor(Handler):
             clock.end_when_sent([span for _, span in traced])
         return results
 
+    def parents(self, live: list[Prepared]) -> list[Context | None]:
+        """What each live request's stage span is a child of; None: not traced (a request
+        without a traceparent starts a trace at ``tracing.sample_ratio``)."""
+        ratio = self.s.tracing.sample_ratio
+        return [parent_of(item.headers, ratio) for item in live]
+
     def trace(self, tracer: Tracer, clock: BatchClock, records: Sequence[Record],
-              live: list[Prepared], plan: tuple[int, int], stage: str | None = None
-              ) -> list[tuple[Prepared, Span]]:
-        """The stage spans of the batch's live requests that are traced (their ``queue
-        wait`` and ``feature plan`` children done); each request's output headers now
-        name its span. The caller ends them when the batch is sent."""
+              live: list[Prepared], parents: list[Context | None], plan: tuple[int, int],
+              stage: str | None = None) -> list[tuple[Prepared, Span]]:
+        """The stage spans of the batch's traced requests (their ``queue wait`` and
+        ``feature plan`` children done); each one's output headers now name its span.
+        The caller ends them when the batch is sent."""
         spans = []
-        for item in live:
+        for item, parent in zip(live, parents, strict=True):
+            if parent is None:
+                continue
             rec = records[item.index]
             attributes = {**record_attributes(rec, item.request.request_id),
                           "adstream.candidates": item.request.n_candidates}
-            span = open_stage(tracer, stage or self.name, item.headers, clock.received_ns,
-                              fallback_ms=rec.timestamp_ms,
-                              new_trace=self.s.tracing.sample_ratio, attributes=attributes)
+            span = open_stage(tracer, stage or self.name, item.headers, parent,
+                              clock.received_ns, fallback_ms=rec.timestamp_ms,
+                              attributes=attributes)
             if span is not None:
                 child(tracer, span, FEATURE_PLAN, *plan)
                 spans.append((item, span))

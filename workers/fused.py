@@ -48,12 +48,14 @@ class FusedFeaturesScorer(Handler):
             return results
         parts = [Rows(p.dense, p.sparse, p.deadline_ms, p.request.priority) for p in live]
         clock = current_batch() if self.tracer is not None else None
-        if self.tracer is None or clock is None:
+        parents = self.features.parents(live) if clock is not None else []
+        if self.tracer is None or clock is None or all(p is None for p in parents):
             scores = await self.scorer.score(parts)
         else:
             scores, timings = await self.scorer.score_timed(parts)
             # the request's stage span, in its headers before the answer copies them
-            traced = self.features.trace(self.tracer, clock, records, live, plan, self.name)
+            traced = self.features.trace(self.tracer, clock, records, live, parents, plan,
+                                         self.name)
             timing_of = {p.index: t for p, t in zip(live, timings, strict=True)}
             for p, span in traced:
                 model_steps(self.tracer, span, timing_of[p.index])

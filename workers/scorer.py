@@ -14,7 +14,7 @@ from pipeline import headers as H
 from pipeline.actor import Handler, Result, Send
 from pipeline.batcher import DynamicBatcher, Timing
 from pipeline.timeslice import TimeSlice
-from pipeline.tracing import BatchClock, current_batch
+from pipeline.tracing import BatchClock, current_batch, parent_of
 from pipeline.transport.base import Outgoing, Record
 from schemas.errors import SchemaError
 from schemas.messages import (
@@ -30,6 +30,7 @@ from workers.settings import Settings
 from workers.spans import model_steps, open_stage, record_attributes
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.trace import Span, Tracer
 
 SCORE_SCHEMA = schema_name(ScoreChunk.TYPE)
@@ -88,7 +89,9 @@ class ScoringWorker(Handler):
         if live:
             parts = [Rows(c.dense, c.sparse, c.deadline_ms, c.priority) for _, c in live]
             clock = current_batch() if self.tracer is not None else None
-            if clock is None:
+            parents = [parent_of(records[i].headers, 0.0) for i, _ in live] \
+                if clock is not None else []
+            if all(p is None for p in parents):
                 scores, timings = await self.score(parts), None
             else:
                 scores, timings = await self.score_timed(parts)
@@ -97,24 +100,25 @@ class ScoringWorker(Handler):
                 results[i] = [self._output(records[i], chunk, sc)]
             if self.tracer is not None and clock is not None and timings is not None:
                 clock.end_when_sent(self._trace(self.tracer, clock, records, live, results,
-                                                timings))
+                                                parents, timings))
         return results
 
     def _trace(self, tracer: Tracer, clock: BatchClock, records: Sequence[Record],
                live: list[tuple[int, FeatureChunk]], results: list[Result],
-               timings: list[list[Timing]]) -> list[Span]:
+               parents: list[Context | None], timings: list[list[Timing]]) -> list[Span]:
         """The stage span of each traced chunk, with its queue, batch and model waits; its
         ScoreChunk's headers now name it."""
         spans = []
-        for (i, chunk), timing in zip(live, timings, strict=True):
+        for (i, chunk), parent, timing in zip(live, parents, timings, strict=True):
+            if parent is None:
+                continue
             out = results[i]
             assert isinstance(out, list)
             rec = records[i]
             attributes = {**record_attributes(rec, chunk.request_id), "adstream.chunk":
                           chunk.chunk, "adstream.rows": int(chunk.dense.shape[0])}
-            span = open_stage(tracer, self.name, out[0].headers, clock.received_ns,
-                              fallback_ms=rec.timestamp_ms, new_trace=0.0,
-                              attributes=attributes)
+            span = open_stage(tracer, self.name, out[0].headers, parent, clock.received_ns,
+                              fallback_ms=rec.timestamp_ms, attributes=attributes)
             if span is not None:
                 model_steps(tracer, span, timing)
                 spans.append(span)

@@ -21,6 +21,7 @@ from pipeline.tracing import Attributes, child, queued_ns, stage_span
 from pipeline.transport.base import Record
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.trace import Link, Span, Tracer
 
 QUEUE_WAIT = "queue wait"
@@ -37,13 +38,14 @@ def record_attributes(record: Record, request_id: str) -> dict[str, str | int]:
             "messaging.kafka.offset": record.offset}
 
 
-def open_stage(tracer: Tracer, stage: str, headers: dict[str, bytes], received_ns: int, *,
-               fallback_ms: int, new_trace: float, attributes: Attributes,
+def open_stage(tracer: Tracer, stage: str, headers: dict[str, bytes], parent: Context,
+               received_ns: int, *, fallback_ms: int, attributes: Attributes,
                links: Sequence[Link] = ()) -> Span | None:
-    """The stage span of a message with (outgoing) ``headers`` and its ``queue wait``
-    child; it writes the span into ``headers``' traceparent. None: not traced."""
+    """The stage span of a traced message (``parent``: :func:`~pipeline.tracing.parent_of`
+    its headers) with (outgoing) ``headers``, and its ``queue wait`` child; it writes the
+    span into ``headers``' traceparent."""
     queued = min(queued_ns(headers, fallback_ms), received_ns)
-    span = stage_span(tracer, stage, headers, start_ns=queued, new_trace=new_trace,
+    span = stage_span(tracer, stage, headers, parent, start_ns=queued,
                       attributes={"adstream.stage": stage, **attributes}, links=links)
     if span is not None:
         child(tracer, span, QUEUE_WAIT, queued, received_ns)
