@@ -4,12 +4,13 @@ request traced, and off a second time (the run's own noise), interleaved in one 
 Each step hands one batch of requests through the three roles' handlers as the actor
 would (features, then the scorer on its FeatureChunks, then the aggregator on its
 ScoreChunks, with the batch clock the actor gives a traced handler), and times it; the
-four variants take turns step by step, so the machine's drift hits all alike, and each
-is summed up by its median step. No broker: what is timed is the stages' own work,
+four variants take turns step by step on the same handlers (only their tracer and the
+sampling ratio change), so the machine's drift hits all alike, and each is summed up by
+its median step. No broker: what is timed is the stages' own work,
 where the tracing code lives. "on" is the real SDK with a batch span processor whose
 exporter drops the spans (OTLP's network cost is its own thread's).
 
-    python -m loadtest.bench_tracing --steps 40 --requests 100
+    python -m loadtest.bench_tracing --steps 40 --requests 100   # about a minute
 """
 
 from __future__ import annotations
@@ -126,39 +127,37 @@ async def _bench(args: argparse.Namespace, repo: Path) -> tuple[Times, dict[str,
     base = [request_from_json(d, now) for d in
             generate(args.requests, seed=1, candidates=args.candidates, timeout_ms=3_600_000)]
     tracings = {v: _tracing(v) for v in VARIANTS}
-    roles = {}
-    for v in VARIANTS:
-        vs = dataclasses.replace(s, tracing=dataclasses.replace(
-            s.tracing, sample_ratio=1.0 if v == "on, all sampled" else 0.0))
-        roles[v] = [build_handler(r, vs, transport, tracing=tracings[v][0])
-                    for r in ("features", "scorer", "aggregator")]
+    # one set of handlers (one model session) for all variants, so that only the tracer
+    # and the sampling ratio differ between them
+    handlers = [build_handler(r, s, transport) for r in ("features", "scorer", "aggregator")]
     times: Times = {v: [] for v in VARIANTS}
 
     async def send(msgs: list[Outgoing], source: object = None) -> None:
         return None
 
     async with asyncio.TaskGroup() as tg:
-        for handlers in roles.values():
-            for h in handlers:
-                await h.open(tg, send)  # type: ignore[arg-type]
+        for h in handlers:
+            await h.open(tg, send)  # type: ignore[arg-type]
         try:
             for step in range(args.steps + 1):  # step 0 warms every variant up
                 order = VARIANTS[step % 4:] + VARIANTS[:step % 4]
                 for v in order:
-                    reqs = [dataclasses.replace(r, request_id=f"{r.request_id}-{step}")
+                    for h in handlers:
+                        h.tracer = tracings[v][0].tracer
+                    s.tracing.sample_ratio = 1.0 if v == "on, all sampled" else 0.0
+                    reqs = [dataclasses.replace(r, request_id=f"{r.request_id}-{step}-{v}")
                             for r in base]  # the aggregator answers each id once
                     msgs = [Outgoing(s.topics.requests, encode(r), key=r.user_id.encode())
                             for r in reqs]
-                    wall, cpu, answers = await _step(roles[v],
+                    wall, cpu, answers = await _step(handlers,
                                                      _records(msgs, s.topics.requests), s)
                     if answers != len(reqs):
                         raise RuntimeError(f"{v}: {answers} answers for {len(reqs)} requests")
                     if step:
                         times[v].append((wall, cpu))
         finally:
-            for handlers in roles.values():
-                for h in handlers:
-                    await h.close()
+            for h in handlers:
+                await h.close()
     spans = {}
     for v, (tracing, dropped) in tracings.items():
         tracing.close()

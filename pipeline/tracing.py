@@ -45,6 +45,7 @@ class TracingSection:
     otlp_endpoint: str = setting("", check=_endpoint_ok, allowed_text="empty or an http(s) URL")  # OTLP/HTTP traces endpoint (http://collector:4318/v1/traces); empty = tracing off
     sample_ratio: float = setting(0.01, ge=0, le=1)  # requests without a traceparent: the fraction that start a trace (a sampled traceparent is always followed)
     service_name: str = setting("adstream", nonempty=True)  # service.name of the spans (the role is the span's adstream.stage)
+    export_timeout_s: float = setting(2.0, gt=0)  # one export to the collector, retries included, gives up after this long (a stopping worker waits at most this for its last spans)
 
 
 class Tracing:
@@ -70,7 +71,8 @@ class Tracing:
         provider = TracerProvider(
             resource=Resource.create({"service.name": section.service_name}))
         provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=section.otlp_endpoint)))
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=section.otlp_endpoint,
+                                                timeout=section.export_timeout_s)))
         return cls(provider.get_tracer("adstream"), provider)
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import http.server
 import itertools
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -369,6 +370,20 @@ def test_only_sampled_or_drawn_messages_get_a_stage_span(exporter) -> None:
         if before.get(H.TRACEPARENT) == sampled:
             assert f"{c.trace_id:032x}".encode() == sampled[3:35]
     assert len(spans_out.get_finished_spans()) == 3
+
+
+async def test_an_unreachable_collector_neither_stops_answers_nor_holds_up_a_stop(settings
+                                                                                 ) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings.tracing.otlp_endpoint = f"http://127.0.0.1:{port}/v1/traces"
+    settings.tracing.export_timeout_s = 0.5
+    reqs = _requests(4, seed=8)
+    start = time.monotonic()
+    results = await _serve(settings, FUSED, [(r, {}) for r in reqs], None)
+    assert all(H.TRACEPARENT in results[r.request_id] for r in reqs)  # answered, traced
+    assert time.monotonic() - start < 20
 
 
 def test_an_endpoint_that_is_not_a_url_is_refused() -> None:
