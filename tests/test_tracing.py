@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import jsonschema
 import numpy as np
 import pytest
+from inprocess import kafka_settings
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -344,6 +345,31 @@ async def test_an_answer_at_the_deadline_gets_its_aggregator_spans(exporter) -> 
     assert kids["aggregation"][0].end_time == stage.end_time
     assert answer.headers[H.TRACEPARENT].split(b"-")[2] == \
         f"{stage.context.span_id:016x}".encode()
+
+
+@pytest.mark.kafka
+async def test_the_trace_crosses_a_real_kafka_broker(kafka_bootstrap, model_repo, exporter
+                                                     ) -> None:
+    """The same three-role trace through aiokafka: the traceparent survives Kafka's
+    headers at every hop."""
+    tracing, spans_out, client = exporter
+    settings = kafka_settings(kafka_bootstrap, model_repo)
+    settings.features.chunk_rows = 64
+    reqs = _requests(3, seed=9)
+    roots = {r.request_id: client.start_span(CLIENT) for r in reqs}
+    results = await _serve(settings, THREE_HOPS,
+                           [(r, _traceparent(roots[r.request_id])) for r in reqs], tracing)
+    staged = _by_request(spans_out.get_finished_spans())
+    for req in reqs:
+        names = sorted(s.name for s in staged[req.request_id])
+        n_chunks = -(-req.n_candidates // 64)
+        assert names == ["aggregator", "features", *["scorer"] * n_chunks]
+        (features,) = [s for s in staged[req.request_id] if s.name == "features"]
+        assert features.parent is not None
+        assert features.parent.span_id == roots[req.request_id].get_span_context().span_id
+        (agg,) = [s for s in staged[req.request_id] if s.name == "aggregator"]
+        assert results[req.request_id][H.TRACEPARENT].split(b"-")[2] == \
+            f"{agg.context.span_id:016x}".encode()
 
 
 def test_only_sampled_or_drawn_messages_get_a_stage_span(exporter) -> None:
