@@ -24,7 +24,7 @@ import numpy as np
 from pipeline import headers as H
 from pipeline.actor import Handler, Held, PartitionLost, Result, Send
 from pipeline.timeslice import TimeSlice
-from pipeline.tracing import current_batch, link, parent_of
+from pipeline.tracing import BatchClock, current_batch, link, parent_of
 from pipeline.transport.base import TP, Outgoing, Record, Transport
 from schemas.messages import ScoreChunk, ScoreResult, decode, encode, schema_name
 from workers.ranking import rank
@@ -92,6 +92,7 @@ class Aggregator(Handler):
         limit = self.s.actor.max_message_bytes
         results: list[Result] = []
         slice_ = TimeSlice()
+        clock = current_batch() if self.tracer is not None else None
         for rec in records:
             await slice_.check()
             try:
@@ -99,12 +100,13 @@ class Aggregator(Handler):
             except Exception as e:  # noqa: BLE001 - that record's reason, for its dead letter
                 results.append(e)
                 continue
-            results.append(self._take(rec, chunk))
+            results.append(self._take(rec, chunk, clock))
         return results
 
-    def _take(self, record: Record, chunk: ScoreChunk) -> Result:
+    def _take(self, record: Record, chunk: ScoreChunk, clock: BatchClock | None) -> Result:
         """Add ``chunk`` to its request; the record that completes the request carries the
-        answer, and every record of the request is done once the answer is acknowledged."""
+        answer, and every record of the request is done once the answer is acknowledged.
+        ``clock``: the batch's, when traced."""
         rid = chunk.request_id
         origin = Origin.from_headers(record.headers)
         seen = self._ids.check(rid, origin)
@@ -129,14 +131,13 @@ class Aggregator(Handler):
         if chunk.chunk in p.chunks or p.finishing:
             self.counts["duplicates"] += 1
             return []  # its twin, already taken, is the record that waits
-        if self.tracer is not None and p.chunks and H.TRACEPARENT in record.headers:
+        if clock is not None and p.chunks and H.TRACEPARENT in record.headers:
             if p.others is None:
                 p.others = []
             p.others.append({H.TRACEPARENT: record.headers[H.TRACEPARENT]})
         p.chunks[chunk.chunk] = chunk
         p.headers[H.stage_in(self.name)] = str(H.now_ms()).encode()
         if len(p.chunks) == p.n_chunks:
-            clock = current_batch() if self.tracer is not None else None
             if self.tracer is None or clock is None:
                 return Held(p.answered, send=self._answer(p, deadline_passed=False))
             spans = self._trace(self.tracer, p, clock.received_ns)

@@ -150,7 +150,8 @@ class ScoringWorker(Handler):
             for i, lo, hi in g:
                 pieces[i].append(out[at:at + hi - lo])
                 at += hi - lo
-                if timings is not None and timing is not None:
+            if timings is not None and timing is not None:
+                for i, _, _ in g:
                     timings[i].append(timing)
         return [p[0] if len(p) == 1 else
                 np.concatenate(p) if p else np.zeros(0, np.float32) for p in pieces], timings
