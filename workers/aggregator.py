@@ -24,9 +24,9 @@ from pipeline import headers as H
 from pipeline.actor import Handler, Held, PartitionLost, Result, Send
 from pipeline.timeslice import TimeSlice
 from pipeline.transport.base import TP, Outgoing, Record, Transport
-from schemas.messages import ScoreChunk, ScoreResult, decode, encode, schema_name
+from schemas.messages import ScoreChunk, ScoreResult, decode, schema_name
 from workers.ranking import rank
-from workers.replies import dead_letter, status_result
+from workers.replies import dead_letter, result_message, status_result
 from workers.request_ids import Origin, RequestIds, Seen
 from workers.settings import Settings
 
@@ -180,8 +180,7 @@ class Aggregator(Handler):
         result = ScoreResult(p.request_id, status, ad_id=ad_id, bid=bid, score=score,
                              n_candidates=p.n_candidates, n_scored=n_scored,
                              reason="deadline passed" if status != "ok" else None)
-        msgs = [Outgoing(p.reply_to or self.s.topics.results, encode(result),
-                         key=p.request_id.encode(), headers=p.headers)]
+        msgs = [result_message(result, p.reply_to or self.s.topics.results, p.headers)]
         if self.exactly_once:  # the answer and its changelog entry commit together
             first = self._ids.first(p.request_id)
             msgs.append(Outgoing(self.s.topics.changelog, first.header() if first else b"",
