@@ -272,7 +272,7 @@ class AsyncClient:
                 for records in batch.values():
                     for rec in records:
                         try:
-                            res = decode(rec.value, ScoreResult)
+                            res = decode(rec.value, ScoreResult, content_type=rec.headers.get(H.CONTENT_TYPE))
                         except SchemaError:
                             self.unexpected += 1
                             continue
