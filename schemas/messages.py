@@ -108,10 +108,11 @@ def _wire_column(raw: Any, field: str, **kw: Any) -> Column:
         dt = raw[0]
         if dt == UTF8 and kw.get("kinds") is None:
             return decode_strings(raw, field)
-        if dt == UTF8 or (kw.get("kinds") is None and dt not in ALLOWED_DTYPES):
-            allowed = sorted(ALLOWED_DTYPES) if kw.get("kinds") else [*sorted(ALLOWED_DTYPES),
-                                                                        UTF8]
-            raise SchemaError(field, f"unsupported dtype {dt!r}; allowed: {allowed}")
+        if dt == UTF8:
+            raise SchemaError(field, f"dtype {UTF8} is not one of the kinds {kw['kinds']!r}")
+        if kw.get("kinds") is None and type(dt) is str and dt not in ALLOWED_DTYPES:
+            raise SchemaError(field, f"unsupported dtype {dt!r}; allowed: "
+                                     f"{[*sorted(ALLOWED_DTYPES), UTF8]}")
     return decode_array(raw, field, **kw)
 
 
