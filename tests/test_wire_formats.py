@@ -368,3 +368,20 @@ async def test_bad_string_and_json_requests_reach_the_dead_letters_and_are_rejec
     assert sorted(d.error for d in dlq) == sorted(r.reason for r in results.values())
     assert headers["bad-json"][H.CONTENT_TYPE] == JSON.encode()  # it asked for JSON
     assert H.CONTENT_TYPE not in headers["bad-utf8"]
+
+
+def test_string_traffic_is_the_same_requests_with_names_and_costs_are_measured(model_repo
+                                                                               ) -> None:
+    from loadtest.string_cost import measure
+
+    ints = list(generate(3, seed=4, candidates="fixed:5"))
+    strs = list(generate(3, seed=4, candidates="fixed:5", strings=True))
+    assert [r["candidates"]["ad_id"] for r in strs] == [r["candidates"]["ad_id"] for r in ints]
+    req = request_from_json(strs[0], 0)
+    assert isinstance(req.candidates["landing_domain"], StringColumn)
+    assert req.user["city"] == f"city-{ints[0]['user']['city']}"
+    s = Settings()
+    s.scorer.model_repo = str(model_repo)
+    m = measure(s, requests=20, candidates=10, fetch=10, rounds=1)
+    assert m["strings"].bytes_per_request > m["integers"].bytes_per_request
+    assert m["features_ratio"] > 0 and m["integers"].scoring_us > 0
