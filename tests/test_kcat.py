@@ -22,7 +22,11 @@ from workers.model_repo import load_model
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
-pytestmark = pytest.mark.kafka
+pytestmark = [
+    pytest.mark.kafka,
+    pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is not installed (Debian "
+                       "package `kcat`; the Makefile installs it for `make test`)"),
+]
 
 
 def readme_kcat_example() -> str:
@@ -36,8 +40,6 @@ def test_the_readme_kcat_example_gets_a_json_answer(running_pipeline, model_repo
                                                      ) -> None:
     """The README's commands, with only the broker address and topic names swapped for
     this session's (the pipeline under test reads topics of its own)."""
-    if shutil.which("kcat") is None:
-        pytest.skip("kcat is not installed (Debian package `kcat`; `make test` installs it)")
     s = running_pipeline.settings
     reply = f"kcat.replies.{uuid.uuid4().hex[:8]}"
     script = (readme_kcat_example()

@@ -385,3 +385,11 @@ def test_string_traffic_is_the_same_requests_with_names_and_costs_are_measured(m
     m = measure(s, requests=20, candidates=10, fetch=10, rounds=1)
     assert m["strings"].bytes_per_request > m["integers"].bytes_per_request
     assert m["features_ratio"] > 0 and m["integers"].scoring_us > 0
+
+
+def test_dlq_show_decodes_a_json_dead_letter_as_json() -> None:
+    from workers.operator_commands import value_json
+
+    body = b'{"request_id": "r-1", "candidates": {"ad_id": ["x"]}}'
+    assert value_json(body, JSON.encode()) == {"json": json.loads(body)}
+    assert value_json(body)["raw"] == body.decode()  # without the header: not MessagePack
