@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(BIN)/adstream demo
 
 test: $(STAMP)
+	scripts/debian-packages
 	$(BIN)/python -m pytest -ra
 
 lint: $(STAMP)
