@@ -30,7 +30,8 @@ class Stack:
         self.tmp = tmp
         self.prefix = f"t{os.getpid()}x{next(_ids)}x{int(time.time())}"
         self.topics = {name: f"{self.prefix}.{name}"
-                       for name in ("requests", "features", "scores", "results", "dlq")}
+                       for name in ("requests", "features", "scores", "results", "dlq",
+                                    "changelog")}  # each stack its own: ids repeat across tests
         tables: dict[str, dict] = {
             "kafka": {"bootstrap": bootstrap, "group_prefix": self.prefix},
             "topics": {**self.topics, "partitions": 4},
