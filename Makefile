@@ -18,7 +18,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	scripts/debian-packages
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline workers schemas loadtest clients/python tests

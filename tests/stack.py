@@ -107,6 +107,16 @@ class Stack:
                              text=True, check=False)
         return [int(x) for x in out.stdout.split()]
 
+    def tails(self, lines: int = 15) -> str:
+        """The last lines of every worker's log: what a failing fault test shows."""
+        out = []
+        for name, log in self.logs.items():
+            text = log.read_text(errors="replace").splitlines()[-lines:]
+            proc = self.procs.get(name)
+            state = "running" if proc is not None and proc.poll() is None else "not running"
+            out.append(f"--- {name} ({state}):\n" + "\n".join(text))
+        return "\n".join(out)
+
     def alive(self) -> dict[str, bool]:
         return {role: p.poll() is None for role, p in self.procs.items()}
 

@@ -358,7 +358,7 @@ def test_workers_wait_for_a_late_broker_and_ride_out_an_outage_quietly(model_rep
         counts = check(traffic, traffic.wait_answered(), direct)
         outage = {role: _lines(stack.logs[role]) - before[role] for role in roles}
         print(f"log lines during and after the outage: {outage}")
-        assert counts["lost"] == 0 and counts["wrong"] == 0
+        assert counts["lost"] == 0 and counts["wrong"] == 0, stack.tails()
         assert all(n < 100 for n in outage.values()), outage
         assert all(stack.alive().values()), "a worker exited during the outage"
     finally:
