@@ -62,7 +62,7 @@ def kustomize() -> str:
     path = os.environ.get("ADSTREAM_KUSTOMIZE")
     if not path:
         done = subprocess.run(["make", "-s", "--no-print-directory", "kustomize"], cwd=ROOT,
-                              capture_output=True, text=True)
+                              check=False, capture_output=True, text=True)
         assert done.returncode == 0, f"make kustomize failed: {done.stderr.strip()}"
         path = done.stdout.strip().splitlines()[-1]
     assert Path(path).is_file(), f"no kustomize binary at {path}; run `make kustomize`"
@@ -70,8 +70,8 @@ def kustomize() -> str:
 
 
 def _build(kustomize: str, directory: Path) -> list[dict[str, Any]]:
-    done = subprocess.run([kustomize, "build", str(directory)], capture_output=True,
-                          text=True)
+    done = subprocess.run([kustomize, "build", str(directory)], check=False,
+                          capture_output=True, text=True)
     assert done.returncode == 0, f"kustomize build {directory}: {done.stderr.strip()}"
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
