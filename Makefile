@@ -11,6 +11,7 @@ STAMP := $(VENV)/.installed
 # module proxy with the machine's Go into ~/.cache/adstream/tools (a few minutes), then offline.
 KUSTOMIZE_VERSION := v5.8.1
 KUSTOMIZE := $(HOME)/.cache/adstream/tools/kustomize-$(KUSTOMIZE_VERSION)/kustomize
+GO ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +31,8 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict pipeline
 
 $(KUSTOMIZE):
-	@command -v go >/dev/null || { echo "make: kustomize is built with Go (go install), and go is not on PATH" >&2; exit 1; }
-	GOTOOLCHAIN=local GOBIN=$(dir $(KUSTOMIZE)) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	@test -x $(GO) || { echo "make: kustomize is built with Go (go install), and there is no go on PATH or at $(GO)" >&2; exit 1; }
+	GOTOOLCHAIN=local GOBIN=$(dir $(KUSTOMIZE)) $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 
 # prints the path of the kustomize binary, building it first when missing
 kustomize: $(KUSTOMIZE)

@@ -302,6 +302,11 @@ def worker_container(objects: list[dict[str, Any]], kind: str, name: str,
     rooted = root / "adstream.rooted.toml"
     rooted.write_text(text)
     settings = load_config(Settings, rooted, env=env, overrides=args.set)
+    for table, values in tomllib.loads(text).items():  # a setting the file sets in vain
+        for key, value in values.items():
+            wins = getattr(getattr(settings, table), key)
+            assert wins == value, (f"{where}: {config} sets {table}.{key} = {value!r}, but "
+                                   f"{wins!r} from the environment or --set wins")
     return Container(where, pod, spec, args, env, settings)
 
 
@@ -311,16 +316,19 @@ SETTING_VARS = {f"{ENV_PREFIX}{table.name}_{key.name}".upper()
                 } | {CHILD_INDEX_ENV, f"{ENV_PREFIX}CONFIG"}
 
 
-@pytest.fixture(params=ALL)
+@pytest.fixture(scope="session", params=ALL)
 def overlay(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def workers(rendered: dict[str, list[dict[str, Any]]], overlay: str,
-            tmp_path: Path) -> dict[str, Container]:
+            tmp_path_factory: pytest.TempPathFactory) -> dict[str, Container]:
+    """The three roles' containers of ``overlay``, read once for the tests below (which
+    only read them)."""
+    root = tmp_path_factory.mktemp(f"pods-{overlay}")
     return {role: worker_container(rendered[overlay], "Deployment", f"adstream-{role}",
-                                   tmp_path / role) for role in ROLE_INPUTS}
+                                   root / role) for role in ROLE_INPUTS}
 
 
 def test_each_role_runs_its_worker_with_accepted_settings(
