@@ -345,7 +345,8 @@ def test_each_role_runs_its_worker_with_accepted_settings(
 def test_probes_and_scrapes_hit_the_metrics_port(
         rendered: dict[str, list[dict[str, Any]]], overlay: str,
         workers: dict[str, Container]) -> None:
-    for c in workers.values():
+    objects = rendered[overlay]
+    for role, c in workers.items():
         port = c.settings.metrics.port
         assert port > 0, f"{c.where}: metrics.port is 0: no /healthz, /readyz or /metrics"
         ports = {p.get("name"): p["containerPort"] for p in c.spec["ports"]}
@@ -354,16 +355,27 @@ def test_probes_and_scrapes_hit_the_metrics_port(
             assert get["path"] == path, f"{c.where}: {probe} on {get['path']}"
             target = ports.get(get["port"], get["port"])
             assert target == port, f"{c.where}: {probe} on port {target}, metrics.port {port}"
-        annotations = next(o for o in rendered[overlay]
-                           if o["metadata"]["name"] == c.where.split("/")[1]
-                           )["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/port"] == str(port), c.where
-        assert annotations["prometheus.io/path"] == "/metrics", c.where
-    for service in _of(rendered[overlay], "Service").values():
-        for p in service["spec"]["ports"]:
-            for c in workers.values():
-                ports = {q.get("name"): q["containerPort"] for q in c.spec["ports"]}
-                assert ports.get(p["targetPort"], p["targetPort"]) == c.settings.metrics.port
+        template = _deployment(objects, role)["spec"]["template"]["metadata"]
+        assert template["annotations"]["prometheus.io/scrape"] == "true", c.where
+        assert template["annotations"]["prometheus.io/port"] == str(port), c.where
+        assert template["annotations"]["prometheus.io/path"] == "/metrics", c.where
+        # the ServiceMonitor's Service selects every worker pod, on the metrics port
+        for service in _of(objects, "Service").values():
+            assert service["spec"]["selector"].items() <= template["labels"].items()
+            for p in service["spec"]["ports"]:
+                assert ports.get(p["targetPort"], p["targetPort"]) == port, c.where
+    job_labels = _of(objects, "Job")["adstream-topics"]["spec"]["template"]["metadata"]["labels"]
+    for service in _of(objects, "Service").values():
+        assert not service["spec"]["selector"].items() <= job_labels.items(), \
+            "the metrics Service selects the topics Job's pod, which serves no metrics"
+        names = {p["name"] for p in service["spec"]["ports"]}
+        for monitor in _of(objects, "ServiceMonitor").values():
+            assert monitor["spec"]["selector"]["matchLabels"].items() \
+                <= service["metadata"]["labels"].items()
+            assert {e["port"] for e in monitor["spec"]["endpoints"]} <= names
+            assert {e["path"] for e in monitor["spec"]["endpoints"]} == {"/metrics"}
+    if overlay.endswith("servicemonitor"):
+        assert _of(objects, "ServiceMonitor") and _of(objects, "Service")
 
 
 def test_the_worker_endpoint_serves_the_probed_paths() -> None:
