@@ -164,6 +164,9 @@ def _json_array(values: list[Any], field: str, floats: bool) -> Column:
         check_strings(col, field)
         return col
     names = sorted({_JSON_TYPES.get(t, t.__name__) for t in types})
+    if len(names) == 1:
+        raise SchemaError(field, f"holds {names[0]} values; a column holds numbers, booleans "
+                                 "or strings")
     raise SchemaError(field, f"mixes {' and '.join(names)} values; a column holds numbers, "
                              "booleans or strings")
 

@@ -328,6 +328,8 @@ _BAD_JSON = [
     (_HEAD + b'"candidates": {"ad_id": [1], "bid": [1.0], "dom": [1, "a"]}}', JSON,
      ("candidates.dom: mixes integer and string values; a column holds numbers, booleans or "
       "strings")),
+    (_HEAD + b'"candidates": {"ad_id": [1], "bid": [1.0], "x": [[1], [2]]}}', JSON,
+     "candidates.x: holds array values; a column holds numbers, booleans or strings"),
     (_HEAD + b'"candidates": {"ad_id": 1, "bid": [1.0]}}', JSON,
      "candidates.ad_id: expected an array of numbers or strings, got integer"),
     (b"\x80", "text/csv",
