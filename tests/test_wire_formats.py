@@ -395,3 +395,17 @@ def test_dlq_show_decodes_a_json_dead_letter_as_json() -> None:
     body = b'{"request_id": "r-1", "candidates": {"ad_id": ["x"]}}'
     assert value_json(body, JSON.encode()) == {"json": json.loads(body)}
     assert value_json(body)["raw"] == body.decode()  # without the header: not MessagePack
+
+
+def test_a_long_user_string_is_refused_naming_its_field(model_repo) -> None:
+    c = load_model(model_repo, "ctr").config
+    pipe = FeaturePipeline.from_spec(list(c.sparse_features), list(c.sparse_buckets),
+                                     list(c.dense_features))
+    ok = _requests(2, seed=25)
+    bad = ScoreRequest("long", "u1", ok[0].candidates, user={"city": "x" * 300})
+    with pytest.raises(SchemaError) as e:
+        pipe.batch([ok[0], bad, ok[1]])
+    assert str(e.value) == "user.city: 300 bytes; a categorical string is at most 256 bytes"
+    with pytest.raises(SchemaError) as ref:
+        pipe.reference(bad)
+    assert str(ref.value) == str(e.value)

@@ -84,6 +84,7 @@ class FeaturePlan:
         self.column_ids = _Ids([c for c in categoricals if _split(c.source)[0] == "candidate"])
         # (scope, key) of every source, split once here rather than per request
         self.scalar_sources = [_split(c.source) for c in self.scalar_ids.specs]
+        self.scalar_names = [c.source for c in self.scalar_ids.specs]
         self.column_keys = [_split(c.source)[1] for c in self.column_ids.specs]
         self.cross_levels = self._levels(categoricals, crosses)
         self.numerics = sorted(numerics, key=lambda n: n.column)
@@ -150,7 +151,7 @@ class FeaturePlan:
         ids = self.scalar_ids
         if ids.specs:  # every request's values in one call: [requests, k]
             h = hash_scalars([_scalar(r, u, scope, key) for r, u in zip(reqs, users, strict=True)
-                              for scope, key in self.scalar_sources], "user/context"
+                              for scope, key in self.scalar_sources], self.scalar_names
                              ).reshape(len(reqs), len(self.scalar_sources))
             rows = h if owner is None else h[owner]
             sparse[:, ids.columns] = ids.bucket(rows)

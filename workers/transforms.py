@@ -9,7 +9,7 @@ vectorized: a request with 300 candidates costs a handful of numpy calls per fea
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,9 +45,10 @@ def hash_scalar(value: Scalar | None) -> np.uint64:
 _INT64 = range(-2**63, 2**63)
 
 
-def hash_scalars(values: list[object], field: str = "user") -> np.ndarray:
+def hash_scalars(values: list[object], sources: Sequence[str] = ("value",)) -> np.ndarray:
     """:func:`hash_scalar` of each value: the integers in one vectorized call, the strings
-    (and non-integral numbers, as their ``str``) in one :func:`category_ids` call."""
+    (and non-integral numbers, as their ``str``) in one :func:`category_ids` call. Value i
+    comes from ``sources[i % len(sources)]`` (what an error names)."""
     ids = np.empty(len(values), np.int64)
     strs: list[str] = []
     where: list[int] = []
@@ -69,16 +70,28 @@ def hash_scalars(values: list[object], field: str = "user") -> np.ndarray:
         try:
             col = StringColumn.of(strs)
         except UnicodeEncodeError:
-            raise SchemaError(field, "a string that is not valid Unicode") from None
+            bad = next(i for i, v in zip(where, strs, strict=True) if not _encodes(v))
+            raise SchemaError(sources[bad % len(sources)], "a string that is not valid "
+                                                           "Unicode") from None
         lens = np.diff(col.offsets)
         if lens.max() > MAX_VALUE_BYTES:
-            raise SchemaError(field, f"a categorical string of {int(lens.max())} bytes; the "
-                                     f"limit is {MAX_VALUE_BYTES}")
+            bad = where[int(np.argmax(lens))]
+            raise SchemaError(sources[bad % len(sources)],
+                              f"{int(lens.max())} bytes; a categorical string is at most "
+                              f"{MAX_VALUE_BYTES} bytes")
         ids[where] = category_ids(col)
     out = mix64(ids.view(np.uint64))
     if missing:
         out[missing] = MISSING
     return out
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def column_ids(col: np.ndarray | StringColumn, field: str) -> np.ndarray:
@@ -146,7 +159,7 @@ def categorical(name: str, source: str, column: int, buckets: int) -> Transform:
             else:
                 h = hash_column(col, f"candidates.{key}")
         else:
-            h = np.full(batch.n, hash_scalars([batch.scalar(source)], source)[0],
+            h = np.full(batch.n, hash_scalars([batch.scalar(source)], [source])[0],
                         dtype=np.uint64)
         batch.hashed[name] = h
         batch.sparse[:, column] = (mix64(h ^ s) % b).view(np.int64)
