@@ -35,7 +35,6 @@ from pipeline.config import ActorSection
 from pipeline.logs import configure
 from pipeline.runner import tune_gc
 from pipeline.transport import Outgoing, Transport
-from pipeline.transport.delete import delete_topics
 from schemas.messages import FeatureChunk, encode
 from workers.backends import ScoringBackend, create_backend
 from workers.model_build import build_reference_model
@@ -83,7 +82,7 @@ async def _pipeline(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray
     try:
         return await _run_worker(spec, args, dense, sparse, s, transport)
     finally:
-        await delete_topics(transport, topics)
+        await transport.delete_topics(topics)
         await transport.close()
 
 

@@ -23,8 +23,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 2
     n = write_jsonl(Path(args.out), generate(
         args.requests, seed=args.seed, candidates=args.candidates, users=args.users,
-        ads=args.ads, rate=args.rate, timeout_ms=args.timeout_ms))
+        ads=args.ads, rate=args.rate, timeout_ms=args.timeout_ms,
+        strings=args.string_categoricals))
     print(f"wrote {n} requests to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_string_cost(args: argparse.Namespace) -> int:
+    from pipeline.cli import settings_from_args
+    from workers.settings import Settings
+
+    checks = [("--requests", args.requests >= args.fetch >= 1), ("--candidates",
+              args.candidates >= 1), ("--rounds", args.rounds >= 1)]
+    bad = [flag for flag, ok in checks if not ok]
+    if bad:
+        return _fail("string-cost", f"{bad[0]} must be ≥ 1 (and --requests ≥ --fetch)")
+    from loadtest.string_cost import measure, report
+    from workers.model_repo import ModelRepositoryError
+
+    s = settings_from_args(Settings, args)
+    try:
+        m = measure(s, requests=args.requests, candidates=args.candidates, fetch=args.fetch,
+                    rounds=args.rounds, seed=args.seed)
+    except ModelRepositoryError as e:
+        return _fail("string-cost", f"{e} (run `adstream model build` first)")
+    print(report(m))
     return 0
 
 
@@ -330,6 +353,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     gen.add_argument("--timeout-ms", type=int, default=None,
                      help="per-request deadline relative to when it is produced")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--string-categoricals", action="store_true",
+                     help="categorical values as strings (advertiser-12, www.shop7.example.com"
+                          ", city-3 …) instead of integer ids")
     gen.set_defaults(func=cmd_generate)
 
     rec = lsub.add_parser("record", parents=[common],
@@ -392,6 +418,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     sw.add_argument("--out", default="SWEEP.json")
     _pipeline_flags(sw)
     sw.set_defaults(func=cmd_sweep)
+
+    sc = lsub.add_parser("string-cost", parents=[common],
+                         help="CPU per request with string categoricals ÷ with integer ids "
+                              "(feature stage and model, in this process)")
+    sc.add_argument("--requests", type=int, default=1000)
+    sc.add_argument("--candidates", type=int, default=100)
+    sc.add_argument("--fetch", type=int, default=20, help="requests per handled batch")
+    sc.add_argument("--rounds", type=int, default=5)
+    sc.add_argument("--seed", type=int, default=0)
+    sc.set_defaults(func=cmd_string_cost)
 
     from loadtest.bench_cli import add_parser as add_bench
 

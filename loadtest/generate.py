@@ -65,6 +65,14 @@ class Catalogue:
                    pop / pop.sum())
 
 
+# categorical values as an ad server would have them: names, not ids
+STRING_FORMS = {
+    "advertiser_id": "advertiser-{}", "campaign_id": "campaign-{}-spring-sale",
+    "creative_id": "creative-{}.jpg", "category": "IAB{}", "creative_format": "format-{}",
+    "landing_domain": "www.shop{}.example.com", "city": "city-{}", "segment": "segment-{}",
+}
+
+
 def _count(kind: str, params: tuple[float, ...], rng: np.random.Generator, cap: int) -> int:
     if kind == "fixed":
         n = params[0]
@@ -87,8 +95,11 @@ def generate(
     burst_factor: float = 3.0,
     top_k: int = 10,
     timeout_ms: int | None = None,
+    strings: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Yield ``n`` requests as JSON-ready dicts, each with an ``at_ms`` arrival offset."""
+    """Yield ``n`` requests as JSON-ready dicts, each with an ``at_ms`` arrival offset.
+    ``strings``: categorical values as strings (see :data:`STRING_FORMS`), the same
+    requests otherwise."""
     kind, params = parse_distribution(candidates)
     rng = np.random.default_rng(seed)
     cat = Catalogue.make(ads, rng)
@@ -110,6 +121,8 @@ def generate(
         cands: dict[str, Any] = {"ad_id": cat.ad_id[picks].tolist()}
         for name, col in cat.columns.items():
             cands[name] = col[picks].tolist()
+            if strings and name in STRING_FORMS:
+                cands[name] = [STRING_FORMS[name].format(v) for v in cands[name]]
         req: dict[str, Any] = {
             "request_id": f"req-{seed}-{i:08d}",
             "user_id": f"u{u}",
@@ -140,6 +153,9 @@ def generate(
             "top_k": top_k,
             "at_ms": round(t, 3),
         }
+        if strings:
+            for key in ("city", "segment"):
+                req["user"][key] = STRING_FORMS[key].format(req["user"][key])
         if timeout_ms is not None:
             req["timeout_ms"] = timeout_ms
         yield req

@@ -227,21 +227,29 @@ class Actor:
         """Whether this member may still produce for ``tp``: it is assigned here and this
         process has not stalled past the session since (a member paused or cut off that
         long was replaced; what it held is its replacement's to send, not a zombie's)."""
+        self._notice_stall()
         if self._stalled:
             return False
-        if self.lost_after_s is not None:
-            gap = time.monotonic() - self._tick
-            if gap > self.lost_after_s:
-                self._stalled = True
-                self.log.warning("this process stalled past the group's session; abandoning "
-                                 "the work it held until it is assigned partitions again",
-                                 stalled_s=round(gap, 1))
-                return False
         return tp in self._active or tp in self._draining
+
+    def _notice_stall(self) -> None:
+        """Mark this member stalled when the loop's clock last ticked more than a session ago.
+
+        Called by ``owns`` and by the clock itself before it ticks: whichever runs first
+        after the process resumes sees the gap, so no send slips through between the two."""
+        if self.lost_after_s is None or self._stalled:
+            return
+        gap = time.monotonic() - self._tick
+        if gap > self.lost_after_s:
+            self._stalled = True
+            self.log.warning("this process stalled past the group's session; abandoning "
+                             "the work it held until it is assigned partitions again",
+                             stalled_s=round(gap, 1))
 
     async def _keep_time(self, stop: asyncio.Event) -> None:
         """Tick the loop's clock; a tick that comes late is how a stall shows."""
         while not stop.is_set():
+            self._notice_stall()
             self._tick = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.1)

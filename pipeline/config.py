@@ -78,6 +78,7 @@ class KafkaSection:
     compression: str = setting("none", choices=COMPRESSIONS, check=_codec_installed)  # producer codec; snappy, lz4 and zstd need their Python packages
     fetch_max_bytes: int = setting(2 * 1024 * 1024, ge=1)  # consumer: largest fetch response (bounds prefetched memory)
     partition_fetch_bytes: int = setting(1024 * 1024, ge=1)  # consumer: per partition in one fetch (a larger message still comes)
+    delivery_timeout_ms: int = setting(120_000, ge=1000)  # producer: how long a message may wait for Kafka's acknowledgement, retries included (delivery.timeout.ms), so a broker restart is ridden out; past it the worker stops without committing what was not acknowledged
     session_timeout_ms: int = setting(10_000, ge=1000, le=3_600_000)  # a member silent this long leaves the group
     static_membership: bool = False  # supervised children (--processes N) join as stable group instances GROUP-HOST-INDEX (kafka.instance_prefix replaces HOST): a restarted child takes its partitions back without a rebalance; off by default: two supervisors of one role with the same HOST would fence each other
     instance_prefix: str = ""  # the HOST part of those instance ids; empty = this host's name (set one per supervisor when several supervise one role on a host)

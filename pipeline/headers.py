@@ -14,6 +14,10 @@ TRACESTATE = "tracestate"
 SENT_MS = "sent_ms"
 # where the request was read (``ads.requests[3]@17``): set by the first stage, carried on
 ORIGIN = "origin"
+# the body's media type (absent: MessagePack) and the one the answer should have; the
+# request's ``accept`` travels with its derived messages to the stage that answers
+CONTENT_TYPE = "content-type"
+ACCEPT = "accept"
 
 
 def now_ms() -> int:
@@ -74,12 +78,14 @@ def stage_times(headers: dict[str, bytes]) -> dict[str, int]:
     return out
 
 
-CARRIED = frozenset((DEADLINE_MS, TRACE_ID, TRACEPARENT, TRACESTATE, SENT_MS, ORIGIN))
+_CARRIED = frozenset({DEADLINE_MS, TRACE_ID, TRACEPARENT, TRACESTATE, SENT_MS, ORIGIN, ACCEPT})
 
 
 def carry(headers: dict[str, bytes], schema: str) -> dict[str, bytes]:
     """Headers for a message derived from one with ``headers``: same deadline, trace id and
-    context, origin and stage timestamps."""
-    out = {k: v for k, v in headers.items() if k in CARRIED or k.startswith(STAGE_PREFIX)}
+    context, origin, accept and stage timestamps (not the content-type: each message sets
+    its own)."""
+    out = {k: v for k, v in headers.items()
+           if k in _CARRIED or k.startswith(STAGE_PREFIX)}
     out[SCHEMA] = schema.encode()
     return out

@@ -27,6 +27,7 @@ class KafkaOptions:
     max_request_bytes: int = 8 * 1024 * 1024
     compression: str | None = None
     request_timeout_ms: int = 30_000
+    delivery_timeout_ms: int = 120_000  # producers: aiokafka's request_timeout_ms bounds delivery
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
@@ -52,6 +53,7 @@ def kafka_options(section: KafkaSection, *, wait_for_broker: bool = True) -> Kaf
         fetch_max_bytes=section.fetch_max_bytes,
         partition_fetch_bytes=section.partition_fetch_bytes,
         session_timeout_ms=section.session_timeout_ms,
+        delivery_timeout_ms=section.delivery_timeout_ms,
         max_poll_interval_ms=section.max_poll_interval_ms,
         connect_timeout_s=section.connect_timeout_s if wait_for_broker else 0.0,
         instance_suffix=instance_suffix(section.static_membership, section.instance_prefix),
@@ -75,7 +77,10 @@ def consumer_kwargs(bootstrap: str, opts: KafkaOptions, client_id: str | None = 
 
 def producer_kwargs(bootstrap: str, opts: KafkaOptions, client_id: str | None = None,
                     **own: Any) -> dict[str, Any]:
-    return {**_common(bootstrap, opts, client_id), **own, **opts.producer_options}
+    # aiokafka's producer expires a batch that waited request_timeout_ms for its
+    # acknowledgement (retries included): Kafka's delivery.timeout.ms
+    return {**_common(bootstrap, opts, client_id),
+            "request_timeout_ms": opts.delivery_timeout_ms, **own, **opts.producer_options}
 
 
 def admin_kwargs(bootstrap: str, opts: KafkaOptions, client_id: str | None = None,

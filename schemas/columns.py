@@ -9,7 +9,7 @@ import numpy as np
 
 from schemas.errors import SchemaError
 
-# Only fixed-width numeric types travel; strings become ids before they reach a column.
+# Numeric columns: fixed-width little-endian types (string columns: see schemas.strings).
 ALLOWED_DTYPES = frozenset({"<f4", "<f8", "<i4", "<i8", "<u8", "|u1", "|i1", "|b1"})
 _DTYPES = {name: np.dtype(name) for name in ALLOWED_DTYPES}
 

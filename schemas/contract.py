@@ -2,7 +2,9 @@
 
 Each schema describes a message *after MessagePack decoding*: maps are objects, msgpack
 ``str`` is a string, msgpack ``bin`` is marked ``"x-msgpack": "bin"`` (JSON has no bytes
-type; validators that do not know the keyword ignore it). Kafka headers are described as
+type; validators that do not know the keyword ignore it). ``*.json.schema.json`` describe
+the JSON encoding of a request and a result (``content-type: application/json``), where a
+column is a JSON array. Kafka headers are described as
 their values read as ASCII text. ``python -m schemas.contract DIR`` writes one file per
 document; ``scripts/update-contract`` does that for ``docs/contract/``, and a test fails when
 the checked-in files differ from what this module generates.
@@ -18,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from pipeline import headers as H
+from schemas import strings
 from schemas.columns import ALLOWED_DTYPES
+from schemas.encoding import JSON, MSGPACK
 from schemas.messages import (
     FRAME_MAGIC,
     INT64_MAX,
@@ -67,6 +71,47 @@ def column(dtypes: list[str], ndim: int, description: str, *, min_rows: int = 0)
     }
 
 
+def utf8_column(description: str) -> Schema:
+    """``["utf8", [n], data, offsets]``: n UTF-8 strings, offset-encoded."""
+    return {
+        "description": description,
+        "type": "array",
+        "prefixItems": [
+            {"const": strings.DTYPE, "description": "a string column"},
+            {"type": "array", "prefixItems": [{"type": "integer", "minimum": 0}],
+             "minItems": 1, "maxItems": 1, "description": "shape: [n]"},
+            {**BIN, "description": "the values' UTF-8 bytes back to back; each value at most "
+                                   f"{strings.MAX_VALUE_BYTES} bytes"},
+            {**BIN, "description": "n + 1 little-endian int32 offsets: 0, non-decreasing, the "
+                                   "last = len(data); value i is data[offsets[i]:offsets[i+1]]"},
+        ],
+        "minItems": 4,
+        "maxItems": 4,
+    }
+
+
+CATEGORY_IDS = (
+    "a categorical feature reads a string through its category id: a value matching "
+    "-?[0-9]{1,18} is that integer, any other is FNV-1a 64 of its UTF-8 bytes (offset basis "
+    f"{strings.FNV_OFFSET:#x}, prime {strings.FNV_PRIME:#x}) as a two's-complement int64, "
+    "which is then hashed like an integer id (the same for user and context strings)")
+
+
+def json_array(items: Schema, description: str, *, min_items: int = 0) -> Schema:
+    return {"description": description, "type": "array", "items": items,
+            "minItems": min_items}
+
+
+JSON_COLUMN: Schema = {
+    "description": "a column as a JSON array: all integers (int64), numbers (float64; "
+                   "finite), all booleans, or all strings (a string column; " + CATEGORY_IDS
+                   + ")",
+    "anyOf": [json_array({"type": "number"}, "numbers"),
+              json_array({"type": "boolean"}, "booleans"),
+              json_array({"type": "string", "maxLength": strings.MAX_VALUE_BYTES},
+                         "strings")]}
+
+
 def _schema_entry(type_name: str) -> Schema:
     return {"type": "string", "pattern": rf"^ads\.{type_name}/{MAJOR}(\..*)?$",
             "description": f"mandatory: ads.{type_name}/{MAJOR}.<minor> (now "
@@ -112,11 +157,30 @@ DEADLINE = _opt(_int(0, INT64_MAX, "epoch milliseconds after which the request i
                                    "expired; the Kafka header deadline_ms wins over it"))
 
 
-def score_request() -> Schema:
-    return _message(
+def _candidates(as_json: bool) -> Schema:
+    if as_json:
+        return {
+            "ad_id": json_array({"type": "integer"}, "ad ids (integers)", min_items=1),
+            "bid": json_array({"type": "number", "minimum": 0}, "bids, finite and >= 0 "
+                                                                "(read as float64)"),
+        }, JSON_COLUMN
+    other = {"anyOf": [column(_dtypes(), 1, "numbers; floats must be finite"),
+                       utf8_column("strings, for categorical features: " + CATEGORY_IDS)],
+             "description": "any other candidate attribute: a numeric or a utf8 column"}
+    return {
+        "ad_id": column(_dtypes("iu"), 1, "ad ids (an integer dtype)", min_rows=1),
+        "bid": column(_dtypes("f"), 1, "bids, finite and >= 0 (a float dtype)"),
+    }, other
+
+
+def score_request(as_json: bool = False) -> Schema:
+    known, other = _candidates(as_json)
+    doc = _message(
         ScoreRequest.TYPE,
         "One ad request: a user, a context and the candidate ads to rank. Topic ads.requests, "
-        "key = user_id (UTF-8).",
+        "key = user_id (UTF-8)." + (
+            f" This is the JSON encoding, sent with the header content-type: {JSON}."
+            if as_json else f" MessagePack (content-type absent or {MSGPACK})."),
         {
             "request_id": _id("unique per request (a reused id within the dedupe window is "
                               "answered rejected)"),
@@ -127,12 +191,8 @@ def score_request() -> Schema:
                 "description": "one 1-D column per candidate attribute, all with the same "
                                "number of rows (at least 1)",
                 "type": "object",
-                "properties": {
-                    "ad_id": column(_dtypes("iu"), 1, "ad ids (an integer dtype)", min_rows=1),
-                    "bid": column(_dtypes("f"), 1, "bids, finite and >= 0 (a float dtype)"),
-                },
-                "additionalProperties": column(_dtypes(), 1, "any other candidate attribute; "
-                                                             "floats must be finite"),
+                "properties": known,
+                "additionalProperties": other,
                 "required": ["ad_id", "bid"],
             },
             "top_k": _int(1, TOP_K_MAX, "how many ads to return (default 10; null is refused)"),
@@ -142,6 +202,9 @@ def score_request() -> Schema:
         },
         ["request_id", "user_id", "candidates"],
     )
+    if as_json:
+        doc["$id"] = doc["$id"] + ":json"
+    return doc
 
 
 def _chunk_fields() -> Schema:
@@ -208,20 +271,30 @@ def score_chunk() -> Schema:
     )
 
 
-def score_result() -> Schema:
-    return _message(
+def score_result(as_json: bool = False) -> Schema:
+    if as_json:
+        ad_id = json_array({"type": "integer"}, "ranked ad ids (int64)")
+        bid = json_array({"type": "number"}, "their bids (float32 values)")
+        score = json_array({"type": "number"}, "their CTRs (float32 values)")
+    else:
+        ad_id = column(["<i8"], 1, "ranked ad ids, int64")
+        bid = column(["<f4"], 1, "their bids, float32")
+        score = column(["<f4"], 1, "their CTRs, float32")
+    doc = _message(
         ScoreResult.TYPE,
         "The answer to a request. Topic ads.results or the request's reply_to, key = "
         "request_id. ad_id/bid/score are the top K, best first (expected value score × bid, "
-        "ties by ad_id); empty unless status is ok or partial.",
+        "ties by ad_id); empty unless status is ok or partial." + (
+            f" This is the JSON encoding: the answer to a request sent with the header "
+            f"accept: {JSON}, itself carrying content-type: {JSON}." if as_json else ""),
         {
             "request_id": _id("the request's id"),
             "status": {"enum": list(STATUSES),
                        "description": "ok; partial (deadline passed with some scored); "
                                       "expired (none scored in time); rejected (see reason)"},
-            "ad_id": column(["<i8"], 1, "ranked ad ids, int64"),
-            "bid": column(["<f4"], 1, "their bids, float32"),
-            "score": column(["<f4"], 1, "their CTRs, float32"),
+            "ad_id": ad_id,
+            "bid": bid,
+            "score": score,
             "n_candidates": _int(0, INT64_MAX, "candidates in the request"),
             "n_scored": _int(0, INT64_MAX, "candidates that were scored"),
             "reason": {"type": ["string", "null"],
@@ -229,6 +302,9 @@ def score_result() -> Schema:
         },
         ["request_id", "status", "ad_id", "bid", "score"],
     )
+    if as_json:
+        doc["$id"] = doc["$id"] + ":json"
+    return doc
 
 
 def dead_letter() -> Schema:
@@ -295,6 +371,14 @@ def headers() -> Schema:
                            "description": "W3C tracestate (vendor entries), carried with "
                                           "traceparent"},
             H.SENT_MS: _decimal("epoch ms when the client produced the request"),
+            H.CONTENT_TYPE: {"type": "string",
+                             "description": f"the body's encoding: {JSON} (a JSON request "
+                                            f"or result), or absent / {MSGPACK} for "
+                                            "MessagePack; any other value is refused"},
+            H.ACCEPT: {"type": "string",
+                       "description": f"on a request: {JSON} asks for a JSON result (any "
+                                      "other value: MessagePack); carried to the stage that "
+                                      "answers"},
             H.ORIGIN: {"type": "string", "pattern": r"^.+\[[0-9]+\]@[0-9]+$",
                        "description": "set by the feature stage: where the request was read, "
                                       "topic[partition]@offset; a client's value is replaced"},
@@ -311,6 +395,8 @@ def documents() -> dict[str, Schema]:
     return {
         "ScoreRequest.schema.json": score_request(),
         "ScoreResult.schema.json": score_result(),
+        "ScoreRequest.json.schema.json": score_request(as_json=True),
+        "ScoreResult.json.schema.json": score_result(as_json=True),
         "DeadLetter.schema.json": dead_letter(),
         "FeatureChunk.schema.json": feature_chunk(),
         "ScoreChunk.schema.json": score_chunk(),

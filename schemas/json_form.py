@@ -1,7 +1,7 @@
 """The JSON-lines request format of ``adstream produce`` and its conversion to ScoreRequest.
 
 Candidates may be columnar (``{"ad_id": [...], "bid": [...]}``) or a list of objects
-(``[{"ad_id": 1, "bid": 0.5}, ...]``). ``timeout_ms`` sets the deadline relative to the
+(``[{"ad_id": 1, "bid": 0.5}, ...]``); a column of strings is a string (categorical) column. ``timeout_ms`` sets the deadline relative to the
 moment the request is produced; ``deadline_ms`` sets it absolutely (epoch ms).
 """
 
@@ -11,15 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from schemas.columns import encode_array
 from schemas.errors import SchemaError
-from schemas.messages import ScoreRequest
+from schemas.messages import Column, ScoreRequest, json_column
 
 INT_COLUMNS = frozenset({"ad_id", "advertiser_id", "campaign_id", "creative_id", "category",
                          "creative_format", "landing_domain"})
 
 
-def _column(name: str, values: list[Any]) -> np.ndarray:
+def _column(name: str, values: list[Any]) -> Column:
+    if values and all(type(v) is str for v in values):
+        return json_column(values, f"candidates.{name}")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         bad = next(i for i, v in enumerate(values)
                    if not isinstance(v, (int, float)) or isinstance(v, bool))
@@ -32,7 +33,7 @@ def _column(name: str, values: list[Any]) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
-def _columns(cands: Any) -> dict[str, np.ndarray]:
+def _columns(cands: Any) -> dict[str, Column]:
     if isinstance(cands, list):
         if not cands:
             raise SchemaError("candidates", "a request needs at least one candidate")
@@ -71,8 +72,8 @@ def request_from_json(d: Any, now_ms: int) -> ScoreRequest:
         deadline = now_ms + t
     wire = {k: v for k, v in d.items() if k not in ("candidates", "timeout_ms")}
     wire["deadline_ms"] = deadline
-    wire["candidates"] = {k: encode_array(v) for k, v in _columns(d["candidates"]).items()}
-    return ScoreRequest.from_wire(wire)
+    wire["candidates"] = _columns(d["candidates"])
+    return ScoreRequest.from_wire(wire, json_columns=True)
 
 
 def request_to_json(req: ScoreRequest) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import NamedTuple
 
 import msgpack
 
+from schemas.encoding import is_json
 from schemas.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MAX_ID_LEN,
@@ -23,15 +25,16 @@ class ResultPeek(NamedTuple):
     n_scored: int
 
 
-def peek_result(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-                ) -> ResultPeek | None:
+def peek_result(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                content_type: bytes | str | None = None) -> ResultPeek | None:
     """``request_id``, ``status`` and ``n_scored`` of an encoded ScoreResult, with its
     envelope checked but not its columns; None when the envelope is not right (then
     :func:`schemas.messages.decode` says why)."""
     if len(data) > max_bytes:
         return None
     try:
-        d = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        d = (json.loads(data) if is_json(content_type)
+             else msgpack.unpackb(data, raw=False, strict_map_key=False))
         check_schema(d.get("schema"), ScoreResult.TYPE)
         rid, status, n = d.get("request_id"), d.get("status"), d.get("n_scored", 0)
     except Exception:  # noqa: BLE001 - anything wrong: the full decode explains it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 from collections.abc import Iterator
@@ -12,6 +13,10 @@ import pytest
 from inprocess import running_pipeline  # noqa: F401 - the roles in-process, one per session
 
 from pipeline.kafka_local import BOOTSTRAP_ENV, SaslSslListener, start_broker, stop_broker
+from pipeline.transport import open_transport
+from pipeline.transport.memory import MemoryBroker
+
+_memory_names = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -93,3 +98,14 @@ def _fresh_logging() -> Iterator[None]:
 
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture
+async def transport():
+    """A fresh in-process broker with topics ``in``, ``out`` and ``dlq`` (2 partitions each),
+    dropped after the test."""
+    name = f"memory://t{next(_memory_names)}"
+    t = open_transport(name)
+    await t.create_topics(["in", "out", "dlq"], 2)
+    yield t
+    MemoryBroker.drop(name.removeprefix("memory://"))

@@ -30,7 +30,8 @@ class Stack:
         self.tmp = tmp
         self.prefix = f"t{os.getpid()}x{next(_ids)}x{int(time.time())}"
         self.topics = {name: f"{self.prefix}.{name}"
-                       for name in ("requests", "features", "scores", "results", "dlq")}
+                       for name in ("requests", "features", "scores", "results", "dlq",
+                                    "changelog")}  # each stack its own: ids repeat across tests
         tables: dict[str, dict] = {
             "kafka": {"bootstrap": bootstrap, "group_prefix": self.prefix},
             "topics": {**self.topics, "partitions": 4},
@@ -105,6 +106,16 @@ class Stack:
         out = subprocess.run(["pgrep", "-P", str(self.procs[name].pid)], capture_output=True,
                              text=True, check=False)
         return [int(x) for x in out.stdout.split()]
+
+    def tails(self, lines: int = 15) -> str:
+        """The last lines of every worker's log: what a failing fault test shows."""
+        out = []
+        for name, log in self.logs.items():
+            text = log.read_text(errors="replace").splitlines()[-lines:]
+            proc = self.procs.get(name)
+            state = "running" if proc is not None and proc.poll() is None else "not running"
+            out.append(f"--- {name} ({state}):\n" + "\n".join(text))
+        return "\n".join(out)
 
     def alive(self) -> dict[str, bool]:
         return {role: p.poll() is None for role, p in self.procs.items()}

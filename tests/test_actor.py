@@ -1,25 +1,11 @@
 """The actor loop on the in-process broker: ordering, commits after acks, dead letters, flow."""
 
 import asyncio
-import itertools
-
-import pytest
 
 from pipeline.actor import Actor, Handler
 from pipeline.config import ActorSection
-from pipeline.transport import TP, Outgoing, Record, open_transport
-from pipeline.transport.memory import MemoryBroker, MemoryProducer
-
-_names = itertools.count()
-
-
-@pytest.fixture
-async def transport():
-    name = f"memory://a{next(_names)}"
-    t = open_transport(name)
-    await t.create_topics(["in", "out", "dlq"], 2)
-    yield t
-    MemoryBroker.drop(name.removeprefix("memory://"))
+from pipeline.transport import TP, Outgoing, Record
+from pipeline.transport.memory import MemoryProducer
 
 
 class Echo(Handler):

@@ -2,26 +2,11 @@
 ordering, dead letters and the commit watermark stay exact per record."""
 
 import asyncio
-import itertools
 import time
-
-import pytest
 
 from pipeline.actor import Actor, Handler, Held
 from pipeline.config import ActorSection
-from pipeline.transport import TP, Outgoing, Record, open_transport
-from pipeline.transport.memory import MemoryBroker
-
-_names = itertools.count()
-
-
-@pytest.fixture
-async def transport():
-    name = f"memory://b{next(_names)}"
-    t = open_transport(name)
-    await t.create_topics(["in", "out", "dlq"], 2)
-    yield t
-    MemoryBroker.drop(name.removeprefix("memory://"))
+from pipeline.transport import TP, Outgoing, Record
 
 
 async def _produce(t, values, partition=0):

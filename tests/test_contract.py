@@ -219,8 +219,9 @@ def test_headers_not_in_the_documented_encoding_are_refused(bad: dict[str, str])
 
 def test_a_reader_would_see_every_dtype_the_codec_allows() -> None:
     doc = json.loads((CONTRACT / "ScoreRequest.schema.json").read_text())
-    other = doc["properties"]["candidates"]["additionalProperties"]["prefixItems"][0]["enum"]
+    numeric, strings = doc["properties"]["candidates"]["additionalProperties"]["anyOf"]
     from schemas.columns import ALLOWED_DTYPES
 
-    assert sorted(other) == sorted(ALLOWED_DTYPES) == sorted(
+    assert sorted(numeric["prefixItems"][0]["enum"]) == sorted(ALLOWED_DTYPES) == sorted(
         ["<f4", "<f8", "<i4", "<i8", "<u8", "|b1", "|i1", "|u1"])
+    assert strings["prefixItems"][0] == {"const": "utf8", "description": "a string column"}

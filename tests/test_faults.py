@@ -139,7 +139,31 @@ def check(traffic: Traffic, results: list[tuple[ScoreResult, dict]], direct: Dir
         last[req.user_id] = max(t, last.get(req.user_id, 0))
     counts = {"lost": lost, "duplicated": duplicated, "reordered": reordered, "wrong": wrong}
     print(" ".join(f"{k}={v}" for k, v in counts.items()))
+    if lost:
+        print(where_lost(traffic, {r.request_id for r in traffic.requests
+                                   if r.request_id not in by_id}))
     return counts
+
+
+def where_lost(traffic: Traffic, lost: set[str]) -> str:
+    """How far the lost requests got: their chunks in each intermediate topic (committed
+    and all), the changelog entries of their answers, and the DLQ."""
+    from schemas.messages import FeatureChunk, ScoreChunk
+
+    stack = traffic.stack
+    parts = []
+    for name, cls in (("features", FeatureChunk), ("scores", ScoreChunk)):
+        for committed in (True, False):
+            n = sum(1 for r in stack.read_topic(stack.topics[name], committed)
+                    if decode(r.value, cls).request_id in lost)
+            parts.append(f"{name}{'(committed)' if committed else '(all)'}={n}")
+    n = sum(1 for r in stack.read_topic(stack.topics["changelog"], True)
+            if r.key is not None and r.key.decode() in lost)
+    parts.append(f"changelog(committed)={n}")
+    dlq = sum(1 for r in stack.read_topic(stack.topics["dlq"]) if r.key is not None
+              and r.key.decode() in lost)
+    parts.append(f"dlq={dlq}")
+    return f"lost {len(lost)} (e.g. {sorted(lost)[:3]}): " + " ".join(parts)
 
 
 @pytest.fixture(scope="module")
@@ -196,9 +220,6 @@ def test_sigkill_workers_of_every_role_under_supervisors(kafka_bootstrap, model_
         stack.close()
 
 
-@pytest.mark.xfail(strict=False, reason="open bug (stop 10): after SIGKILLs with dynamic "
-                   "membership, exactly-once mode lost 84 of its requests in one run (0 "
-                   "duplicates); it passed while supervised children were static members")
 def test_sigkill_in_exactly_once_mode_duplicates_no_result(kafka_bootstrap, model_repo,
                                                             tmp_path, direct):
     stack = _stack(kafka_bootstrap, model_repo, tmp_path,
@@ -307,13 +328,21 @@ def test_workers_wait_for_a_late_broker_and_ride_out_an_outage_quietly(model_rep
                   kafka={"session_timeout_ms": 6000, "connect_timeout_s": 90})
     roles = ("fused", "aggregator")
     try:
+        started = time.monotonic()
         for role in roles:
             stack.start(role, wait=False)
+        # a busy 2-core machine takes seconds to start a worker: wait for its first line
+        while not all("waiting for Kafka" in stack.logs[r].read_text() for r in roles):
+            assert time.monotonic() - started < 90, "a worker never said it waits for Kafka"
+            assert all(stack.alive().values()), "a worker gave up waiting for the broker"
+            time.sleep(0.5)
         time.sleep(10)
         assert all(stack.alive().values()), "a worker gave up waiting for the broker"
+        waited = time.monotonic() - started
         for role in roles:
             waits = stack.logs[role].read_text().count("waiting for Kafka")
-            assert 1 <= waits <= 6, (role, waits)  # one line every 5 s (per client), no flood
+            # one line every 5 s per client (a few clients), no flood
+            assert 1 <= waits <= 3 * (waited / 5 + 1), (role, waits, waited)
             assert _lines(stack.logs[role]) < 20, stack.logs[role].read_text()[-2000:]
         broker = start_broker(port, data_dir)
         stack.create_topics()
@@ -329,7 +358,7 @@ def test_workers_wait_for_a_late_broker_and_ride_out_an_outage_quietly(model_rep
         counts = check(traffic, traffic.wait_answered(), direct)
         outage = {role: _lines(stack.logs[role]) - before[role] for role in roles}
         print(f"log lines during and after the outage: {outage}")
-        assert counts["lost"] == 0 and counts["wrong"] == 0
+        assert counts["lost"] == 0 and counts["wrong"] == 0, stack.tails()
         assert all(n < 100 for n in outage.values()), outage
         assert all(stack.alive().values()), "a worker exited during the outage"
     finally:
@@ -388,9 +417,7 @@ def test_sigint_to_a_supervised_scorer_group_drains_commits_and_exits_0(kafka_bo
         stack.close()
 
 
-# exactly-once is left out: one run lost 13 of 1,500 requests after the pause (an open bug,
-# see the README's delivery section), and waiting out their timeouts takes 200 s
-@pytest.mark.parametrize("delivery", ["at_least_once"])
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
 def test_aggregator_paused_past_its_session_answers_nothing_twice(kafka_bootstrap, model_repo,
                                                                    tmp_path, direct, delivery):
     """SIGSTOP a supervised aggregator past its session, SIGCONT: it sends none of what it

@@ -26,9 +26,9 @@ from pipeline.actor import Handler, Held, PartitionLost, Result, Send
 from pipeline.timeslice import TimeSlice
 from pipeline.tracing import BatchClock, current_batch, link, parent_of
 from pipeline.transport.base import TP, Outgoing, Record, Transport
-from schemas.messages import ScoreChunk, ScoreResult, decode, encode, schema_name
+from schemas.messages import ScoreChunk, ScoreResult, decode, schema_name
 from workers.ranking import rank
-from workers.replies import dead_letter, status_result
+from workers.replies import dead_letter, result_message, status_result
 from workers.request_ids import Origin, RequestIds, Seen
 from workers.settings import Settings
 from workers.spans import AGGREGATION, open_stage
@@ -73,7 +73,9 @@ class Aggregator(Handler):
         self.ordered = not self.exactly_once
         self._pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[int, str]] = []
-        self._done: OrderedDict[str, None] = OrderedDict()
+        # answered request id -> its partition; an answer that is never acknowledged (its
+        # send refused or failed) leaves again, so the replay of its chunks answers it
+        self._done: OrderedDict[str, int] = OrderedDict()
         self._send: Send | None = None
         self._closing = asyncio.Event()
         self._wake = asyncio.Event()  # an earlier deadline arrived, or closing
@@ -188,7 +190,7 @@ class Aggregator(Handler):
             await consumer.stop()
         for rec in records:
             if rec.key is not None:
-                self._done[rec.key.decode()] = None
+                self._done[rec.key.decode()] = rec.partition
                 self._ids.remember(rec.key.decode(), Origin.parse(rec.value))
         while len(self._done) > self.s.aggregator.dedupe_capacity:
             self._done.popitem(last=False)
@@ -201,6 +203,12 @@ class Aggregator(Handler):
             if p.partition in parts and not p.finishing:
                 del self._pending[rid]
                 p.answered.cancel()
+        if self.exactly_once:
+            # an acknowledged answer may still sit in a transaction that gets aborted (a
+            # fenced or stalled member): the changelog, read again on assignment, is what
+            # was answered; what this member remembers of these partitions is not
+            for rid in [r for r, part in self._done.items() if part in parts]:
+                del self._done[rid]
 
     def _answer(self, p: _Pending, *, deadline_passed: bool) -> list[Outgoing]:
         """The ScoreResult of ``p`` (and its changelog entry when exactly-once); from here
@@ -227,8 +235,7 @@ class Aggregator(Handler):
         result = ScoreResult(p.request_id, status, ad_id=ad_id, bid=bid, score=score,
                              n_candidates=p.n_candidates, n_scored=n_scored,
                              reason="deadline passed" if status != "ok" else None)
-        msgs = [Outgoing(p.reply_to or self.s.topics.results, encode(result),
-                         key=p.request_id.encode(), headers=p.headers)]
+        msgs = [result_message(result, p.reply_to or self.s.topics.results, p.headers)]
         if self.exactly_once:  # the answer and its changelog entry commit together
             first = self._ids.first(p.request_id)
             msgs.append(Outgoing(self.s.topics.changelog, first.header() if first else b"",
@@ -236,10 +243,16 @@ class Aggregator(Handler):
                                  partition=p.partition))
         self.counts[status] += 1
         del self._pending[p.request_id]
-        self._done[p.request_id] = None
+        self._done[p.request_id] = p.partition
+        p.answered.add_done_callback(lambda fut, rid=p.request_id: self._sent(rid, fut))
         while len(self._done) > self.s.aggregator.dedupe_capacity:
             self._done.popitem(last=False)
         return msgs
+
+    def _sent(self, request_id: str, answered: asyncio.Future[None]) -> None:
+        """An answer that was not acknowledged does not count as answered."""
+        if answered.cancelled() or answered.exception() is not None:
+            self._done.pop(request_id, None)
 
     async def _watch_deadlines(self) -> None:
         """Answer requests whose deadline passed with what they have, through the actor's

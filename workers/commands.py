@@ -38,13 +38,19 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
         s.topics.replication = args.replication
 
     async def go(stop: asyncio.Event) -> list[str]:
-        return await ensure_topics(s, transport_for(s, wait_for_broker=False))
+        transport = transport_for(s, wait_for_broker=False)
+        created = await ensure_topics(s, transport)
+        if args.reply_topic:  # one partition: a caller's own answers, read in order
+            created += await transport.create_topics(args.reply_topic, 1, s.topics.replication)
+        return created
 
     created = runner.run(go)
     t = s.topics
-    for name in (t.requests, t.features, t.scores, t.results, t.dlq, t.changelog):
+    for name in (t.requests, t.features, t.scores, t.results, t.dlq, t.changelog,
+                 *args.reply_topic):
+        n = 1 if name in args.reply_topic else s.topics.partitions
         state = "created" if name in created else "exists"
-        print(f"{name}: {state}" + (f" ({s.topics.partitions} partitions)"
+        print(f"{name}: {state}" + (f" ({n} partition{'s' if n > 1 else ''})"
                                     if name in created else ""))
     return 0
 
@@ -241,6 +247,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     create.add_argument("--partitions", type=int, default=None,
                         help="partitions per topic (default: topics.partitions, 8)")
     create.add_argument("--replication", type=int, default=None)
+    create.add_argument("--reply-topic", action="append", default=[], metavar="NAME",
+                        help="also create NAME with one partition, for a caller's reply_to "
+                             "(repeatable)")
     create.set_defaults(func=cmd_topics_create)
 
     produce = sub.add_parser("produce", parents=[common],

@@ -173,7 +173,8 @@ class FeatureActor(Handler):
         if late is not None:
             return late
         try:
-            req = decode(record.value, ScoreRequest, max_bytes=self.s.actor.max_message_bytes)
+            req = decode(record.value, ScoreRequest, max_bytes=self.s.actor.max_message_bytes,
+                         content_type=record.headers.get(H.CONTENT_TYPE))
         except SchemaError as e:
             if e.reply_to:  # learn whether it exists, so `rejected` can answer there
                 await self._topic_exists(e.reply_to)
@@ -203,7 +204,8 @@ class FeatureActor(Handler):
         deadline = H.int_header(record.headers, H.DEADLINE_MS)
         if deadline is None or deadline > now_ms:
             return None
-        addr = peek_request(record.value, max_bytes=self.s.actor.max_message_bytes)
+        addr = peek_request(record.value, max_bytes=self.s.actor.max_message_bytes,
+                            content_type=record.headers.get(H.CONTENT_TYPE))
         if addr is None or (addr.reply_to is not None
                             and not await self._topic_exists(addr.reply_to)):
             return None  # the full decode names what is wrong

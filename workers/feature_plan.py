@@ -17,7 +17,8 @@ import numpy as np
 
 from schemas.errors import SchemaError
 from schemas.messages import ScoreRequest
-from workers.transforms import MISSING, hash_scalars, mix64, salt
+from schemas.strings import StringColumn, category_ids
+from workers.transforms import MISSING, NOT_NUMERIC, column_ids, hash_scalars, mix64, salt
 
 _31 = np.uint64(31)
 
@@ -83,6 +84,7 @@ class FeaturePlan:
         self.column_ids = _Ids([c for c in categoricals if _split(c.source)[0] == "candidate"])
         # (scope, key) of every source, split once here rather than per request
         self.scalar_sources = [_split(c.source) for c in self.scalar_ids.specs]
+        self.scalar_names = [c.source for c in self.scalar_ids.specs]
         self.column_keys = [_split(c.source)[1] for c in self.column_ids.specs]
         self.cross_levels = self._levels(categoricals, crosses)
         self.numerics = sorted(numerics, key=lambda n: n.column)
@@ -147,10 +149,10 @@ class FeaturePlan:
         hashed: dict[str, np.ndarray] = {}  # name -> [n] or [1] (one request)
 
         ids = self.scalar_ids
-        if ids.specs:
-            h = np.stack([hash_scalars([_scalar(r, u, scope, key)
-                                        for scope, key in self.scalar_sources])
-                          for r, u in zip(reqs, users, strict=True)])  # [requests, k]
+        if ids.specs:  # every request's values in one call: [requests, k]
+            h = hash_scalars([_scalar(r, u, scope, key) for r, u in zip(reqs, users, strict=True)
+                              for scope, key in self.scalar_sources], self.scalar_names
+                             ).reshape(len(reqs), len(self.scalar_sources))
             rows = h if owner is None else h[owner]
             sparse[:, ids.columns] = ids.bucket(rows)
             for i, s in enumerate(ids.specs):
@@ -161,21 +163,31 @@ class FeaturePlan:
             raw = np.empty((n, len(ids.specs)), np.int64)
             missing = np.zeros((n, len(ids.specs)), bool) if not one else None
             absent_all = []
+            strings: list[tuple[int, int, StringColumn]] = []  # (column, request, values)
             for j, key in enumerate(self.column_keys):
                 cols = [r.candidates.get(key) for r in reqs]
-                for c in cols:
-                    if c is not None and c.dtype.kind not in "iuf":
-                        raise SchemaError(f"candidates.{key}",
-                                          "categorical column must be integer")
                 if all(c is None for c in cols):
                     raw[:, j] = 0
                     absent_all.append(j)
                     continue
-                _fill(raw[:, j], cols, bounds, 0)
+                nums: list[np.ndarray | None] = []
+                for i, c in enumerate(cols):
+                    if type(c) is StringColumn:
+                        strings.append((j, i, c))
+                        nums.append(None)
+                    else:
+                        nums.append(None if c is None else column_ids(c, f"candidates.{key}"))
+                _fill(raw[:, j], nums, bounds, 0)
                 if missing is not None:
                     for i, c in enumerate(cols):
                         if c is None:
                             missing[bounds[i]:bounds[i + 1], j] = True
+            if strings:  # every string column of the fetch in one hash call
+                got = category_ids(StringColumn.concat([c for _, _, c in strings]))
+                at = 0
+                for j, i, c in strings:
+                    raw[bounds[i]:bounds[i + 1], j] = got[at:at + len(c)]
+                    at += len(c)
             h = mix64(raw.view(np.uint64))
             if absent_all:
                 h[:, absent_all] = MISSING
@@ -203,8 +215,10 @@ class FeaturePlan:
             x = np.empty((n, len(self.numerics)), np.float32)
             for j, (scope, key) in enumerate(self.numeric_sources):
                 if scope == "candidate":
-                    _fill(x[:, j], [r.candidates.get(key) for r in reqs], bounds,
-                          self.defaults[j])
+                    cols = [r.candidates.get(key) for r in reqs]
+                    if any(type(c) is StringColumn for c in cols):
+                        raise SchemaError(f"candidates.{key}", NOT_NUMERIC)
+                    _fill(x[:, j], cols, bounds, self.defaults[j])
                 else:
                     vals = np.array([_number(_scalar(r, u, scope, key), self.numerics[j])
                                      for r, u in zip(reqs, users, strict=True)], np.float32)
@@ -219,7 +233,7 @@ class FeaturePlan:
         return dense, sparse
 
 
-def _fill(out: np.ndarray, cols: list[np.ndarray | None], bounds: list[int],
+def _fill(out: np.ndarray, cols: Sequence[np.ndarray | StringColumn | None], bounds: list[int],
           default: object) -> None:
     """``out`` (one column of all rows) from each request's column, or ``default`` where a
     request lacks it; one copy when every request has the column with the same dtype."""

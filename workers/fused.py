@@ -14,18 +14,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline import headers as H
 from pipeline.actor import Handler, Result, Send
 from pipeline.timeslice import TimeSlice
 from pipeline.tracing import current_batch
 from pipeline.transport.base import TP, Outgoing, Record
-from schemas.messages import ScoreResult, encode, schema_name
+from schemas.messages import ScoreResult
 from workers.feature_actor import FeatureActor, Prepared
 from workers.ranking import rank
+from workers.replies import result_message
 from workers.scorer import Rows, ScoringWorker
 from workers.spans import model_steps
-
-RESULT_SCHEMA = schema_name(ScoreResult.TYPE)
 
 
 class FusedFeaturesScorer(Handler):
@@ -75,10 +73,7 @@ class FusedFeaturesScorer(Handler):
         result = ScoreResult(req.request_id, "ok", ad_id=ad_id[top], bid=bid[top],
                              score=scores[top].astype(np.float32, copy=False),
                              n_candidates=req.n_candidates, n_scored=req.n_candidates)
-        headers = dict(p.headers)
-        headers[H.SCHEMA] = RESULT_SCHEMA.encode()
-        return Outgoing(self.features.reply_topic(req.reply_to), encode(result),
-                        key=req.request_id.encode(), headers=headers)
+        return result_message(result, self.features.reply_topic(req.reply_to), p.headers)
 
     def revoked(self, tps: set[TP]) -> None:
         self.features.revoked(tps)

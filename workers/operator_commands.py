@@ -24,6 +24,7 @@ from pipeline import headers as H
 from pipeline import runner
 from pipeline.cli import settings_from_args
 from pipeline.transport import Outgoing, Record, Transport
+from schemas.encoding import wants_json
 from schemas.errors import SchemaError
 from schemas.messages import DeadLetter, ScoreResult, decode
 from workers.settings import Settings
@@ -65,8 +66,14 @@ def tree_json(x: Any) -> Any:
     return x
 
 
-def value_json(value: bytes) -> dict[str, Any]:
-    """The original message: its MessagePack tree when it is one, else text or base64."""
+def value_json(value: bytes, content_type: bytes | None = None) -> dict[str, Any]:
+    """The original message: its MessagePack tree when it is one (its JSON when its
+    content-type said JSON), else text or base64."""
+    if content_type is not None and wants_json(content_type):
+        try:
+            return {"json": json.loads(value)}
+        except ValueError:
+            return {"raw": bytes_json(value)}
     try:
         return {"msgpack": tree_json(msgpack.unpackb(value, raw=False, strict_map_key=False))}
     except Exception:  # noqa: BLE001 - not MessagePack: show it as it is
@@ -89,7 +96,7 @@ def dead_letter_json(rec: Record, dl: DeadLetter) -> dict[str, Any]:
         "key": bytes_json(dl.key),
         "headers": {k: bytes_json(v) for k, v in dl.headers.items()},
         "value_bytes": len(dl.value),
-        "value": value_json(dl.value),
+        "value": value_json(dl.value, dl.headers.get(H.CONTENT_TYPE)),
     }
 
 
@@ -288,7 +295,7 @@ def cmd_results_tail(args: argparse.Namespace) -> int:
             nonlocal shown
             for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
                 try:
-                    res = decode(rec.value, ScoreResult)
+                    res = decode(rec.value, ScoreResult, content_type=rec.headers.get(H.CONTENT_TYPE))
                 except SchemaError as e:
                     print(f"adstream results tail: {rec.where()}: {e}", file=sys.stderr)
                     continue

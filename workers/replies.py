@@ -6,8 +6,11 @@ import numpy as np
 
 from pipeline import headers as H
 from pipeline.transport.base import Outgoing, Record
+from schemas.encoding import JSON, wants_json
 from schemas.errors import SchemaError
-from schemas.messages import DeadLetter, ScoreResult, encode, schema_name
+from schemas.messages import DeadLetter, ScoreResult, encode, encode_json, schema_name
+
+RESULT_SCHEMA = schema_name(ScoreResult.TYPE).encode()
 
 
 def dead_letter(record: Record, error: Exception, stage: str, dlq_topic: str) -> Outgoing:
@@ -43,5 +46,18 @@ def status_result(
     res = ScoreResult(request_id=request_id, status=status, n_candidates=n_candidates,
                       reason=reason, ad_id=np.zeros(0, np.int64), bid=np.zeros(0, np.float32),
                       score=np.zeros(0, np.float32))
-    return Outgoing(topic, encode(res), key=request_id.encode(),
-                    headers=H.carry(headers or {}, schema_name(ScoreResult.TYPE)))
+    return result_message(res, topic, H.carry(headers or {}, RESULT_SCHEMA.decode()))
+
+
+def result_message(result: ScoreResult, topic: str, headers: dict[str, bytes]) -> Outgoing:
+    """The one way a result is sent: MessagePack, or JSON (with ``content-type:
+    application/json``) when the request's ``accept`` header asked for it."""
+    headers = dict(headers)
+    headers[H.SCHEMA] = RESULT_SCHEMA
+    if wants_json(headers.get(H.ACCEPT)):
+        headers[H.CONTENT_TYPE] = JSON.encode()
+        body = encode_json(result)
+    else:
+        headers.pop(H.CONTENT_TYPE, None)
+        body = encode(result)
+    return Outgoing(topic, body, key=result.request_id.encode(), headers=headers)

@@ -9,12 +9,13 @@ vectorized: a request with 300 candidates costs a handful of numpy calls per fea
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from schemas.errors import SchemaError
+from schemas.strings import MAX_VALUE_BYTES, StringColumn, category_ids
 
 Scalar = str | int | float | bool
 
@@ -22,6 +23,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 MISSING = np.uint64(0x5EED_0000_0000_0001)  # the hash of an absent categorical value
+NOT_NUMERIC = "a string column where a numeric feature needs numbers"
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -34,44 +36,76 @@ def mix64(x: np.ndarray) -> np.ndarray:
 
 
 def hash_scalar(value: Scalar | None) -> np.uint64:
-    """Hash one categorical value; ints (and strings of digits) hash like int columns do."""
+    """Hash one categorical value the way a column holding it hashes: an integer like an
+    integer column, a string through its category id (:mod:`schemas.strings`; a string of
+    decimal digits is that integer)."""
     return hash_scalars([value])[0]  # type: ignore[no-any-return]
 
 
 _INT64 = range(-2**63, 2**63)
 
 
-def hash_scalars(values: list[object]) -> np.ndarray:
-    """:func:`hash_scalar` of each value, the integers hashed in one vectorized call."""
-    out = np.empty(len(values), np.uint64)
-    ints: list[int] = []
+def hash_scalars(values: list[object], sources: Sequence[str] = ("value",)) -> np.ndarray:
+    """:func:`hash_scalar` of each value: the integers in one vectorized call, the strings
+    (and non-integral numbers, as their ``str``) in one :func:`category_ids` call. Value i
+    comes from ``sources[i % len(sources)]`` (what an error names)."""
+    ids = np.empty(len(values), np.int64)
+    strs: list[str] = []
     where: list[int] = []
+    missing: list[int] = []
     for i, value in enumerate(values):
         if value is None:
-            out[i] = MISSING
+            missing.append(i)
             continue
         if isinstance(value, bool):
             value = int(value)
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        if isinstance(value, str) and value.lstrip("-").isdigit() and len(value) < 19:
-            value = int(value)
         if isinstance(value, int) and value in _INT64:
-            ints.append(value)
-            where.append(i)
+            ids[i] = value
         else:
-            digest = hashlib.blake2b(str(value).encode(), digest_size=8).digest()
-            out[i] = int.from_bytes(digest, "little")
-    if ints:
-        out[where] = mix64(np.array(ints, dtype=np.int64).view(np.uint64))
+            strs.append(value if isinstance(value, str) else str(value))
+            where.append(i)
+    if strs:
+        try:
+            col = StringColumn.of(strs)
+        except UnicodeEncodeError:
+            bad = next(i for i, v in zip(where, strs, strict=True) if not _encodes(v))
+            raise SchemaError(sources[bad % len(sources)], "a string that is not valid "
+                                                           "Unicode") from None
+        lens = np.diff(col.offsets)
+        if lens.max() > MAX_VALUE_BYTES:
+            bad = where[int(np.argmax(lens))]
+            raise SchemaError(sources[bad % len(sources)],
+                              f"{int(lens.max())} bytes; a categorical string is at most "
+                              f"{MAX_VALUE_BYTES} bytes")
+        ids[where] = category_ids(col)
+    out = mix64(ids.view(np.uint64))
+    if missing:
+        out[missing] = MISSING
     return out
 
 
-def hash_column(col: np.ndarray) -> np.ndarray:
-    """Hash an integer column; float columns of whole numbers are accepted as ids."""
-    if col.dtype.kind == "f":
-        col = col.astype(np.int64)
-    return mix64(col.astype(np.int64, copy=False).view(np.uint64))
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def column_ids(col: np.ndarray | StringColumn, field: str) -> np.ndarray:
+    """The int64 ids of a categorical candidate column (integers, whole floats, strings)."""
+    if type(col) is StringColumn:
+        return category_ids(col)
+    if col.dtype.kind not in "iuf":
+        raise SchemaError(field, "categorical column must be integer or string")
+    return col.astype(np.int64, copy=False)
+
+
+def hash_column(col: np.ndarray | StringColumn, field: str = "candidates") -> np.ndarray:
+    """Hash a categorical column: integers, floats of whole numbers, or strings."""
+    return mix64(column_ids(col, field).view(np.uint64))
 
 
 def salt(name: str) -> np.uint64:
@@ -86,7 +120,7 @@ class FeatureBatch:
     request_id: str
     user: dict[str, Scalar]
     context: dict[str, Scalar]
-    candidates: dict[str, np.ndarray]
+    candidates: dict[str, np.ndarray | StringColumn]
     sparse: np.ndarray
     dense: np.ndarray
     hashed: dict[str, np.ndarray] = field(default_factory=dict)
@@ -122,12 +156,11 @@ def categorical(name: str, source: str, column: int, buckets: int) -> Transform:
             col = batch.candidates.get(key)
             if col is None:
                 h = np.full(batch.n, MISSING, dtype=np.uint64)
-            elif col.dtype.kind not in "iuf":
-                raise SchemaError(f"candidates.{key}", "categorical column must be integer")
             else:
-                h = hash_column(col)
+                h = hash_column(col, f"candidates.{key}")
         else:
-            h = np.full(batch.n, hash_scalar(batch.scalar(source)), dtype=np.uint64)
+            h = np.full(batch.n, hash_scalars([batch.scalar(source)], [source])[0],
+                        dtype=np.uint64)
         batch.hashed[name] = h
         batch.sparse[:, column] = (mix64(h ^ s) % b).view(np.int64)
 
@@ -179,6 +212,8 @@ def numeric(
     def apply(batch: FeatureBatch) -> None:
         if scope == "candidate":
             col = batch.candidates.get(key)
+            if type(col) is StringColumn:
+                raise SchemaError(f"candidates.{key}", NOT_NUMERIC)
             x = (np.full(batch.n, default, dtype=np.float32) if col is None
                  else col.astype(np.float32, copy=False))
         else:

@@ -177,6 +177,10 @@ class Transport(ABC):
         """Create the missing topics; return those created (existing ones are left alone)."""
 
     @abstractmethod
+    async def delete_topics(self, names: list[str]) -> None:
+        """Delete ``names``; missing ones are ignored (a client's short-lived reply topic)."""
+
+    @abstractmethod
     async def partitions(self, topic: str) -> int:
         """Number of partitions of ``topic`` (0 when it does not exist)."""
 

@@ -13,6 +13,7 @@ network, limits a small machine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -28,6 +29,7 @@ from aiokafka.errors import (
     InvalidTxnState,
     ProducerFenced,
     TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
 )
 from aiokafka.structs import TopicPartition
 
@@ -351,6 +353,17 @@ class KafkaTransport(Transport):
                 except TopicAlreadyExistsError:
                     pass
             return missing
+        finally:
+            await admin.close()
+
+    async def delete_topics(self, names: list[str]) -> None:
+        admin = await self._admin()
+        try:
+            existing = set(await admin.list_topics())
+            doomed = [n for n in names if n in existing]
+            if doomed:
+                with contextlib.suppress(UnknownTopicOrPartitionError):
+                    await admin.delete_topics(doomed)
         finally:
             await admin.close()
 

@@ -287,5 +287,9 @@ class MemoryTransport(Transport):
     ) -> list[str]:
         return [n for n in names if self.broker.create(n, partitions)]
 
+    async def delete_topics(self, names: list[str]) -> None:
+        for name in names:
+            self.broker.topics.pop(name, None)
+
     async def partitions(self, topic: str) -> int:
         return len(self.broker.topics.get(topic, []))

@@ -13,6 +13,7 @@ from adstream_client.errors import (
 )
 from adstream_client.sync import Client
 from schemas.messages import ScoreRequest, ScoreResult
+from schemas.strings import StringColumn, category_ids
 
 __all__ = [
     "AsyncClient",
@@ -24,4 +25,6 @@ __all__ = [
     "ScoreRequest",
     "ScoreResult",
     "ScoreTimeout",
+    "StringColumn",
+    "category_ids",
 ]

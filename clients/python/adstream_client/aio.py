@@ -30,7 +30,6 @@ from pipeline import headers as H
 from pipeline.config import KafkaSection
 from pipeline.kafka_clients import kafka_options
 from pipeline.transport import Consumer, Producer, Transport, open_transport
-from pipeline.transport.delete import delete_topics
 from schemas.errors import SchemaError
 from schemas.json_form import request_from_json
 from schemas.messages import ScoreRequest, ScoreResult, decode
@@ -155,7 +154,7 @@ class AsyncClient:
         self._transport = None
         if self.owns_reply_topic:
             try:
-                await delete_topics(transport, [self.reply_topic])
+                await transport.delete_topics([self.reply_topic])
             except _broker_errors():
                 pass  # the broker is what failed; the topic may not exist
         await transport.close()
@@ -184,7 +183,7 @@ class AsyncClient:
             if self._producer is not None:
                 await self._producer.stop()
             if transport is not None and self.owns_reply_topic:
-                await delete_topics(transport, [self.reply_topic])
+                await transport.delete_topics([self.reply_topic])
         except _broker_errors() as e:
             raise BrokerUnavailable(f"closing the client at {self.bootstrap}: "
                                     f"{type(e).__name__}: {e}") from None
@@ -272,7 +271,7 @@ class AsyncClient:
                 for records in batch.values():
                     for rec in records:
                         try:
-                            res = decode(rec.value, ScoreResult)
+                            res = decode(rec.value, ScoreResult, content_type=rec.headers.get(H.CONTENT_TYPE))
                         except SchemaError:
                             self.unexpected += 1
                             continue
