@@ -47,7 +47,7 @@ class FusedFeaturesScorer(Handler):
         parts = [Rows(p.dense, p.sparse, p.deadline_ms, p.request.priority) for p in live]
         clock = current_batch() if self.tracer is not None else None
         parents = self.features.parents(live) if clock is not None else []
-        if self.tracer is None or clock is None or all(p is None for p in parents):
+        if self.tracer is None or clock is None or all(c is None for c in parents):
             scores = await self.scorer.score(parts)
         else:
             scores, timings = await self.scorer.score_timed(parts)
