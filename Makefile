@@ -21,8 +21,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -ra
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline workers schemas loadtest clients/python tests
+	$(BIN)/ruff check pipeline workers schemas loadtest tools clients/python tests
 	$(BIN)/mypy --strict pipeline
+	$(BIN)/mypy --strict --follow-imports=silent tools
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -18,9 +18,12 @@ from stack import ROLES, SLOW_SCORER, Stack, produce_requests
 
 from loadtest.generate import generate
 from pipeline.config import ConfigError
-from pipeline.kafka_local import KAFKA_VERSION, ensure_kafka
 from pipeline.lag import KafkaLagReader, Member, MemoryLagReader, PartitionLag
-from pipeline.status import (
+from pipeline.transport import TP, Outgoing
+from pipeline.transport.memory import MemoryBroker, MemoryTransport
+from schemas.json_form import request_from_json
+from tools.kafka import KAFKA_VERSION, ensure_kafka
+from tools.status import (
     GroupStatus,
     Scrape,
     discovered_endpoints,
@@ -31,9 +34,6 @@ from pipeline.status import (
     role_metrics,
     status_settings,
 )
-from pipeline.transport import TP, Outgoing
-from pipeline.transport.memory import MemoryBroker, MemoryTransport
-from schemas.json_form import request_from_json
 
 # ---- pieces ----------------------------------------------------------------------------------
 
