@@ -156,7 +156,7 @@ def consumer_groups_tool() -> list[str]:
             except OSError:  # another session fetched it meanwhile
                 shutil.rmtree(partial, ignore_errors=True)
         classpath.append(f"{tools}/*")
-    log4j = Path(__file__).resolve().parent.parent / "pipeline" / "kafka" / "log4j2.properties"
+    log4j = Path(__file__).resolve().parent.parent / "tools" / "kafka" / "log4j2.properties"
     return [shutil.which("java") or "java", "-Xmx256m", "-XX:TieredStopAtLevel=1",
             f"-Dlog4j2.configurationFile={log4j}", "-cp", ":".join(classpath),
             "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"]
