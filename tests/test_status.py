@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from stack import ROLES, SLOW_SCORER, Stack, produce_requests
@@ -124,6 +125,40 @@ async def test_lag_counts_from_the_committed_offset_or_the_log_start() -> None:
         await consumer.stop()
     finally:
         MemoryBroker.drop("status-lag")
+
+
+class _Admin:
+    """The admin calls :class:`KafkaLagReader` makes, answering with encoded responses."""
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+
+    async def list_consumer_groups(self) -> list[tuple[str, str]]:
+        return [("p-scorer", "consumer"), ("other", "consumer"), ("p-features", "consumer")]
+
+    async def describe_consumer_groups(self, groups: list[str]) -> list[Any]:
+        return [type(self.response).decode(self.response.encode())]
+
+
+@pytest.mark.parametrize("version", [0, 3])
+async def test_kafka_group_fields_are_read_by_name_in_every_response_version(version) -> None:
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+    from aiokafka.protocol.admin import DescribeGroupsResponse_v0, DescribeGroupsResponse_v3
+
+    assignment = ConsumerProtocolMemberAssignment(0, [("t", [2, 0])], b"").encode()
+    member = ("m-1", "scorer-1", "/10.0.0.7", b"", assignment)
+    response = (DescribeGroupsResponse_v0(groups=[(0, "p-scorer", "Stable", "consumer",
+                                                   "range", [member])])
+                if version == 0 else
+                DescribeGroupsResponse_v3(throttle_time_ms=0, groups=[(
+                    0, "p-scorer", "Stable", "consumer", "range", [member], 0)]))
+    reader = KafkaLagReader("127.0.0.1:1")
+    reader._admin, reader._consumer = _Admin(response), object()
+
+    assert await reader.groups("p-") == ["p-features", "p-scorer"]
+    info = await reader.describe("p-scorer")
+    assert info.state == "Stable"
+    assert info.members == (Member("m-1", "scorer-1", "10.0.0.7", (TP("t", 0), TP("t", 2))),)
 
 
 # ---- against a real broker, next to kafka-consumer-groups ---------------------------------------
