@@ -23,6 +23,8 @@ def ensure_kafka(version: str = KAFKA_VERSION, *, timeout_s: float = 1800) -> Pa
     home = kafka_home(version)
     libs = home / "libs"
     marker = home / MARKER
+    # the pom's bytes key the cache: any edit (a comment too) fetches the jars again, for
+    # every checkout that shares the cache
     pom_hash = hashlib.sha256(resource("pom.xml").read_bytes()).hexdigest()
 
     def complete() -> bool:  # downloaded with the current pom (a changed pom fetches again)
