@@ -19,6 +19,7 @@ COPY pipeline ./pipeline
 COPY workers ./workers
 COPY schemas ./schemas
 COPY loadtest ./loadtest
+COPY tools ./tools
 RUN pip install ".${EXTRAS:+[$EXTRAS]}" \
  && useradd --system --uid 10001 --home-dir /app adstream \
  && adstream model build --repo /app/models \

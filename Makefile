@@ -27,8 +27,9 @@ test: $(STAMP) $(KUSTOMIZE)
 	ADSTREAM_KUSTOMIZE=$(KUSTOMIZE) $(BIN)/python -m pytest -ra --durations=25
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline workers schemas loadtest clients/python tests
+	$(BIN)/ruff check pipeline workers schemas loadtest tools clients/python tests
 	$(BIN)/mypy --strict pipeline
+	$(BIN)/mypy --strict --follow-imports=silent tools
 
 $(KUSTOMIZE):
 	@test -x $(GO) || { echo "make: kustomize is built with Go (go install), and there is no go on PATH or at $(GO)" >&2; exit 1; }

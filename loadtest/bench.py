@@ -329,14 +329,14 @@ class Broker:
     async def stop(self) -> None:
         """Stop the broker if this run started it (one that already answered stays)."""
         if self.started is not None:
-            from pipeline import kafka_local
+            from tools import kafka as kafka_local
 
             await asyncio.to_thread(kafka_local.stop_broker, self.started.data_dir)
 
 
 async def broker_for(settings: Settings, tmp: Path) -> Broker:
     """The broker at the configured bootstrap when one answers, else one started here."""
-    from pipeline import kafka_local
+    from tools import kafka as kafka_local
 
     url = settings.kafka.bootstrap
     if url.startswith("memory://"):

@@ -103,7 +103,7 @@ async def _one_round(actor: FeatureActor, backend: Any, records: list[Record], f
         bad = [r for r in results if isinstance(r, Exception)]
         if bad:
             raise RuntimeError(f"a generated request was refused: {bad[0]}")
-        _, live = await actor.prepare(batch)  # the model's inputs (not timed)
+        _, live, _ = await actor.prepare(batch)  # the model's inputs (not timed)
         dense = np.concatenate([p.dense for p in live])
         sparse = np.concatenate([p.sparse for p in live])
         t1 = time.process_time()

@@ -1,8 +1,9 @@
 """The ``adstream`` command line.
 
-The runtime contributes ``adstream kafka …`` and ``adstream status``; every other command
-group comes from a package that registers it under the ``adstream.commands`` entry point
-(``workers``, ``loadtest``), so the runtime never imports the ads roles.
+The runtime contributes no command: every command group comes from a package that registers
+it under the ``adstream.commands`` entry point (``tools``, ``loadtest``), so the runtime never
+imports the tools, the ads roles or the load tester. Here are the options every command takes
+and the settings they give.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline import kafka_local, status
 from pipeline.config import ConfigError, load_config
 from pipeline.in_process import InProcessOnly, refuse_in_process
 from pipeline.kafka_reach import KafkaUnavailable
@@ -71,9 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Kafka-native inference serving for ads CTR models.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    kafka_local.register(sub)
     common = common_options()
-    status.register(sub, common)
     for ep in sorted(entry_points(group="adstream.commands"), key=lambda e: e.name):
         ep.load()(sub, common)
     return parser

@@ -115,16 +115,14 @@ class KafkaLagReader(LagReader):
 
     async def _clients(self) -> tuple[Any, Any]:
         from aiokafka import AIOKafkaConsumer
-        from aiokafka.admin import AIOKafkaAdminClient
 
-        from pipeline.kafka_clients import admin_kwargs, consumer_kwargs
+        from pipeline.kafka_clients import consumer_kwargs
         from pipeline.kafka_reach import started
+        from pipeline.transport.kafka import KafkaTransport
 
-        if self._admin is None:
-            self._admin = await started(
-                lambda: AIOKafkaAdminClient(**admin_kwargs(self.bootstrap, self.opts,
-                                                           self.client_id)),
-                self.bootstrap, self.opts, "lag reader")
+        if self._admin is None:  # the transport's admin client, with this reader's options
+            self._admin = await KafkaTransport(self.bootstrap, self.opts).admin(
+                self.client_id, "lag reader")
         if self._consumer is None:
             self._consumer = await started(
                 lambda: AIOKafkaConsumer(**consumer_kwargs(
@@ -143,23 +141,26 @@ class KafkaLagReader(LagReader):
 
     async def groups(self, prefix: str = "") -> list[str]:
         admin, _ = await self._clients()
-        return sorted(str(g[0]) for g in await admin.list_consumer_groups()
-                      if str(g[0]).startswith(prefix))
+        # list_consumer_groups gives (name, protocol type, ...) tuples: the name comes first
+        names = (str(name) for name, *_ in await admin.list_consumer_groups())
+        return sorted(n for n in names if n.startswith(prefix))
 
     async def describe(self, group: str) -> GroupInfo:
         from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
         admin, _ = await self._clients()
         (response,) = await admin.describe_consumer_groups([group])
-        (g,) = response.groups
+        (g,) = response.to_object()["groups"]  # fields by name, whatever the protocol version
         members = []
-        for m in g[5]:  # (member_id, client_id, client_host, metadata, assignment)
+        for m in g["members"]:
             tps: tuple[TP, ...] = ()
-            if m[4]:
-                assignment = ConsumerProtocolMemberAssignment.decode(m[4])
+            if m["member_assignment"]:
+                assignment = ConsumerProtocolMemberAssignment.decode(m["member_assignment"])
                 tps = tuple(sorted(TP(t, p) for t, ps in assignment.assignment for p in ps))
-            members.append(Member(str(m[0]), str(m[1]), str(m[2]).lstrip("/"), tps))
-        return GroupInfo(group, str(g[2]), tuple(sorted(members, key=lambda m: m.partitions)))
+            members.append(Member(str(m["member_id"]), str(m["client_id"]),
+                                  str(m["client_host"]).lstrip("/"), tps))
+        return GroupInfo(group, str(g["state"]),
+                         tuple(sorted(members, key=lambda m: m.partitions)))
 
     async def lag(self, group: str, tps: Iterable[TP] | None = None) -> list[PartitionLag]:
         from aiokafka.structs import TopicPartition

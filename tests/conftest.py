@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from inprocess import running_pipeline  # noqa: F401 - the roles in-process, one per session
 
-from pipeline.kafka_local import BOOTSTRAP_ENV, SaslSslListener, start_broker, stop_broker
 from pipeline.transport import open_transport
 from pipeline.transport.memory import MemoryBroker
+from tools.kafka import BOOTSTRAP_ENV, SaslSslListener, start_broker, stop_broker
 
 _memory_names = itertools.count()
 

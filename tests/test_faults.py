@@ -25,14 +25,14 @@ from stack import Stack
 
 from loadtest.generate import generate
 from pipeline import headers as H
-from pipeline.kafka_local import (
+from schemas import ScoreRequest, ScoreResult, decode, encode
+from schemas.json_form import request_from_json
+from tools.kafka import (
     start_broker,
     start_cluster,
     stop_broker,
     stop_cluster,
 )
-from schemas import ScoreRequest, ScoreResult, decode, encode
-from schemas.json_form import request_from_json
 from workers.model_repo import load_model
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

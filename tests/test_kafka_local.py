@@ -12,8 +12,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline import kafka_local
-from pipeline.kafka_local import (
+from tools import kafka as kafka_local
+from tools.kafka import (
     KAFKA_VERSION,
     broker_answers,
     describe_cluster,
@@ -21,6 +21,8 @@ from pipeline.kafka_local import (
     start_broker,
     stop_broker,
 )
+from tools.kafka.broker_config import scram_args, server_config
+from tools.kafka.processes import free_port
 
 
 def _cli(argv: list[str]) -> int:
@@ -125,21 +127,21 @@ def test_cli_status(kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_cli_status_not_answering(capsys: pytest.CaptureFixture[str]) -> None:
-    port = kafka_local._free_port()
+    port = free_port()
     assert _cli(["kafka", "status", "--bootstrap", f"127.0.0.1:{port}"]) == 1
     assert "not answering" in capsys.readouterr().out
 
 
 def test_cluster_ids_never_start_with_a_dash() -> None:
-    from pipeline.kafka_local import _new_cluster_id
+    from tools.kafka.broker_config import new_cluster_id
 
-    assert not any(_new_cluster_id().startswith("-") for _ in range(5000))
+    assert not any(new_cluster_id().startswith("-") for _ in range(5000))
 
 
 def test_sasl_ssl_listener_properties_and_scram_users(tmp_path: Path) -> None:
     listener = kafka_local.SaslSslListener(tmp_path / "keystore.pem", (("u1", "p1"), ("u2", "p2")),
                                            ("PLAIN", "SCRAM-SHA-512"))
-    config = kafka_local._server_config(tmp_path, 9092, 9093, None, listener, 9094)
+    config = server_config(tmp_path, 9092, 9093, None, listener, 9094)
     assert config["listeners"].endswith(",SASL_SSL://127.0.0.1:9094")
     assert config["advertised.listeners"] == (
         "PLAINTEXT://127.0.0.1:9092,SASL_SSL://127.0.0.1:9094")
@@ -150,8 +152,8 @@ def test_sasl_ssl_listener_properties_and_scram_users(tmp_path: Path) -> None:
     assert config[prefix + "ssl.keystore.type"] == "PEM"
     assert 'user_u1="p1" user_u2="p2"' in config[prefix + "plain.sasl.jaas.config"]
     assert "ScramLoginModule" in config[prefix + "scram-sha-512.sasl.jaas.config"]
-    assert kafka_local._scram_args(listener) == [
+    assert scram_args(listener) == [
         "--add-scram", "SCRAM-SHA-512=[name=u1,password=p1]",
         "--add-scram", "SCRAM-SHA-512=[name=u2,password=p2]"]
-    plain = kafka_local._server_config(tmp_path, 9092, 9093, None)
-    assert "SASL_SSL" not in plain["listeners"] and kafka_local._scram_args(None) == []
+    plain = server_config(tmp_path, 9092, 9093, None)
+    assert "SASL_SSL" not in plain["listeners"] and scram_args(None) == []

@@ -23,9 +23,9 @@ from loadtest.generate import generate
 from pipeline.config import ConfigError
 from pipeline.endpoint import MetricsServer
 from pipeline.metrics import CATALOG, Metrics, sample_names
-from pipeline.status import GroupStatus, Observer, StatusSettings
 from pipeline.transport.memory import MemoryBroker
 from schemas.json_form import request_from_json
+from tools.status import GroupStatus, Observer, StatusSettings
 from workers.client import ResultWaiter, request_message, send_requests
 from workers.roles import ensure_topics, run_roles, transport_for
 from workers.settings import Settings

@@ -12,15 +12,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from stack import ROLES, SLOW_SCORER, Stack, produce_requests
 
 from loadtest.generate import generate
 from pipeline.config import ConfigError
-from pipeline.kafka_local import KAFKA_VERSION, ensure_kafka
 from pipeline.lag import KafkaLagReader, Member, MemoryLagReader, PartitionLag
-from pipeline.status import (
+from pipeline.transport import TP, Outgoing
+from pipeline.transport.memory import MemoryBroker, MemoryTransport
+from schemas.json_form import request_from_json
+from tools.kafka import KAFKA_VERSION, ensure_kafka
+from tools.status import (
     GroupStatus,
     Scrape,
     discovered_endpoints,
@@ -31,9 +35,6 @@ from pipeline.status import (
     role_metrics,
     status_settings,
 )
-from pipeline.transport import TP, Outgoing
-from pipeline.transport.memory import MemoryBroker, MemoryTransport
-from schemas.json_form import request_from_json
 
 # ---- pieces ----------------------------------------------------------------------------------
 
@@ -126,6 +127,40 @@ async def test_lag_counts_from_the_committed_offset_or_the_log_start() -> None:
         MemoryBroker.drop("status-lag")
 
 
+class _Admin:
+    """The admin calls :class:`KafkaLagReader` makes, answering with encoded responses."""
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+
+    async def list_consumer_groups(self) -> list[tuple[str, str]]:
+        return [("p-scorer", "consumer"), ("other", "consumer"), ("p-features", "consumer")]
+
+    async def describe_consumer_groups(self, groups: list[str]) -> list[Any]:
+        return [type(self.response).decode(self.response.encode())]
+
+
+@pytest.mark.parametrize("version", [0, 3])
+async def test_kafka_group_fields_are_read_by_name_in_every_response_version(version) -> None:
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+    from aiokafka.protocol.admin import DescribeGroupsResponse_v0, DescribeGroupsResponse_v3
+
+    assignment = ConsumerProtocolMemberAssignment(0, [("t", [2, 0])], b"").encode()
+    member = ("m-1", "scorer-1", "/10.0.0.7", b"", assignment)
+    response = (DescribeGroupsResponse_v0(groups=[(0, "p-scorer", "Stable", "consumer",
+                                                   "range", [member])])
+                if version == 0 else
+                DescribeGroupsResponse_v3(throttle_time_ms=0, groups=[(
+                    0, "p-scorer", "Stable", "consumer", "range", [member], 0)]))
+    reader = KafkaLagReader("127.0.0.1:1")
+    reader._admin, reader._consumer = _Admin(response), object()
+
+    assert await reader.groups("p-") == ["p-features", "p-scorer"]
+    info = await reader.describe("p-scorer")
+    assert info.state == "Stable"
+    assert info.members == (Member("m-1", "scorer-1", "10.0.0.7", (TP("t", 0), TP("t", 2))),)
+
+
 # ---- against a real broker, next to kafka-consumer-groups ---------------------------------------
 
 
@@ -156,7 +191,7 @@ def consumer_groups_tool() -> list[str]:
             except OSError:  # another session fetched it meanwhile
                 shutil.rmtree(partial, ignore_errors=True)
         classpath.append(f"{tools}/*")
-    log4j = Path(__file__).resolve().parent.parent / "pipeline" / "kafka" / "log4j2.properties"
+    log4j = Path(__file__).resolve().parent.parent / "tools" / "kafka" / "log4j2.properties"
     return [shutil.which("java") or "java", "-Xmx256m", "-XX:TieredStopAtLevel=1",
             f"-Dlog4j2.configurationFile={log4j}", "-cp", ":".join(classpath),
             "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"]

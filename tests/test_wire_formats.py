@@ -390,7 +390,7 @@ def test_string_traffic_is_the_same_requests_with_names_and_costs_are_measured(m
 
 
 def test_dlq_show_decodes_a_json_dead_letter_as_json() -> None:
-    from workers.operator_commands import value_json
+    from tools.operator_commands import value_json
 
     body = b'{"request_id": "r-1", "candidates": {"ad_id": ["x"]}}'
     assert value_json(body, JSON.encode()) == {"json": json.loads(body)}

@@ -334,9 +334,15 @@ class KafkaTransport(Transport):
         return KafkaProducer(self.bootstrap, self.opts, transactional_id)
 
     async def _admin(self) -> AIOKafkaAdminClient:
+        return await self.admin()
+
+    async def admin(self, client_id: str | None = None, what: str = "admin"
+                    ) -> AIOKafkaAdminClient:
+        """A started admin client on this broker with this transport's options (the caller
+        closes it); ``what`` names the user in the error when the broker does not answer."""
         return await started(lambda: AIOKafkaAdminClient(**admin_kwargs(self.bootstrap,
-                                                                          self.opts)),
-                             self.bootstrap, self.opts, "admin")
+                                                                          self.opts, client_id)),
+                             self.bootstrap, self.opts, what)
 
     async def create_topics(
         self, names: list[str], partitions: int, replication: int = 1

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import kafka_local, runner
+from pipeline import runner
 from schemas.json_form import request_from_json
 from schemas.messages import ScoreResult
+from tools import kafka
 from workers.settings import Settings
 
 
@@ -49,19 +50,19 @@ def run_demo(settings: Settings, *, broker: str, requests: int, seed: int, rate:
     from workers.roles import ensure_topics, run_roles, transport_for
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # transient start-up noise
-    started: kafka_local.LocalBroker | None = None
+    started: kafka.LocalBroker | None = None
     if broker == "memory":
         settings.kafka.bootstrap = "memory://demo"
         label = "in-process broker (memory://demo)"
     else:
         bootstrap = settings.kafka.bootstrap
         opts = kafka_options(settings.kafka)
-        if not asyncio.run(kafka_local.broker_answers(bootstrap, timeout_s=2, opts=opts)):
+        if not asyncio.run(kafka.broker_answers(bootstrap, timeout_s=2, opts=opts)):
             _host, _, port = bootstrap.partition(":")
             print(f"no Kafka broker answers at {bootstrap}; starting one (the first start "
                   "downloads Kafka from Maven Central, once)")
-            started = kafka_local.start_broker(int(port or 9092))
-        label = f"Apache Kafka {kafka_local.KAFKA_VERSION} at {bootstrap}" + (
+            started = kafka.start_broker(int(port or 9092))
+        label = f"Apache Kafka {kafka.KAFKA_VERSION} at {bootstrap}" + (
             " (started by the demo)" if started else "")
     repo = Path(settings.scorer.model_repo)
     if not (repo / settings.scorer.model / "config.toml").exists():
@@ -104,5 +105,5 @@ def run_demo(settings: Settings, *, broker: str, requests: int, seed: int, rate:
         return runner.run(main)
     finally:
         if started is not None:
-            kafka_local.stop_broker(started.data_dir)
+            kafka.stop_broker(started.data_dir)
             print(f"stopped the Kafka broker the demo started ({started.data_dir})")

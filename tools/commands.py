@@ -218,7 +218,7 @@ def cmd_model_build(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from workers.demo import run_demo
+    from tools.demo import run_demo
 
     if args.log_level is None:
         args.log_level = "warning"  # the demo's own summary is what a newcomer reads
