@@ -38,7 +38,7 @@ def check_bench(cpu: CpuFigures, *, duration_s: float = 60.0, seed: int = 0) -> 
 
 
 def check_plan(plan: Plan, cpu: CpuFigures, gpu: GpuFigures | None = None, *,
-               duration_s: float = 20.0, seed: int = 0) -> Result:
+               duration_s: float = 60.0, seed: int = 0) -> Result:
     """The plan's fleet (one replica per role, by symmetry) at its peak rate."""
     return simulate(plan_streams(plan, cpu, gpu), duration_s=duration_s, warmup_s=2.0,
                     seed=seed)

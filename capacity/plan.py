@@ -275,6 +275,9 @@ def make_plan(cpu: CpuFigures, *, requests_per_day: float, candidates: int, p99_
     if scale > 1:
         notes.append(f"CPU outside the model scaled × {scale:.2f} from the bench's "
                      f"{cpu.candidates} candidates to {candidates}")
+    notes.append(f"broker CPU per request as measured at the bench's {cpu.found_rate:g}/s, "
+                 "where its fixed costs (polls, heartbeats) fall on few requests: an upper "
+                 "bound at higher rates")
     if slowdown > 1.05:
         notes.append(f"the model's timing on the bench machine divided by {slowdown:.2f}: its "
                      "processes waited that long for a core per CPU second (other work)")

@@ -275,10 +275,9 @@ def simulate(streams: Sequence[Stream], *, duration_s: float, warmup_s: float = 
         t_arrival = reqs[i_next].arrived if i_next < len(reqs) else math.inf
         t_delay = delays[0][0] if delays else math.inf
         t_done, who = math.inf, None
-        speeds = {m: speed(m) for m in machines}
-        for m, threads in running.items():
-            sp = speeds[m]
-            for th in threads:
+        speeds = {m: speed(m) for m, threads in running.items() if threads}
+        for m, sp in speeds.items():
+            for th in running[m]:
                 t = now + th.left / sp
                 if t < t_done:
                     t_done, who = t, (m, th)
@@ -286,8 +285,8 @@ def simulate(streams: Sequence[Stream], *, duration_s: float, warmup_s: float = 
         if t == math.inf or t > end:
             break
         dt = t - now
-        for m, threads in running.items():
-            sp = speeds[m]
+        for m, sp in speeds.items():
+            threads = running[m]
             busy_integral[m] += dt * len(threads) * sp
             for th in threads:
                 th.left -= dt * sp
