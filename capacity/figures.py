@@ -72,6 +72,42 @@ def interpolate(points: list[tuple[int, float]], rows: float) -> float:
 
 
 @dataclass(frozen=True)
+class Cost:
+    """A process's CPU as measured across the sweep's steps: ``per_request_ms`` for each
+    request plus ``per_batch_ms`` for each batch it handled (the model's process: one
+    wake-up, plan call, model call and send per fetch) or ``idle_cores`` kept busy whatever
+    the rate (polls, heartbeats). Fitted by least squares over the steps."""
+
+    per_request_ms: float
+    per_batch_ms: float = 0.0
+    idle_cores: float = 0.0
+
+
+def _fit(steps: list[dict[str, Any]], name: str, batched: bool) -> Cost | None:
+    rows = []
+    for st in steps:
+        pr, summary = st.get("probe") or {}, st["run"].get("summary") or {}
+        cpu, wall = (pr.get("cpu_s") or {}).get(name), (pr.get("cpu_s") or {}).get("wall")
+        batches = (pr.get("batch_rows") or {}).get("batches")
+        if cpu is None or not wall or not summary.get("sent"):
+            continue
+        other = batches if batched else wall
+        if other is None:
+            continue
+        rows.append((float(other), float(summary["sent"]), float(cpu)))
+    if len(rows) < 2:
+        return None
+    a = np.array([[o, n] for o, n, _ in rows])
+    y = np.array([c for _, _, c in rows])
+    (k, per_req), *_ = np.linalg.lstsq(a, y, rcond=None)
+    if k < 0 or per_req <= 0:  # the steps do not tell the two apart: all per request
+        return Cost(float(y.sum() / a[:, 1].sum() * 1000))
+    if batched:
+        return Cost(float(per_req * 1000), per_batch_ms=float(k * 1000))
+    return Cost(float(per_req * 1000), idle_cores=float(k))
+
+
+@dataclass(frozen=True)
 class CpuFigures:
     """One ``adstream bench`` run: what a request costs each process on that machine."""
 
@@ -93,6 +129,9 @@ class CpuFigures:
     model_rows_per_s: float  # at the formed sizes
     sigma: dict[str, float]  # lognormal shape of each worker stage's time (lowest passing rate)
     wait_per_cpu: dict[str, float]  # seconds each process waited for a core per CPU second
+    costs: dict[str, Cost]  # each process's CPU per request and per batch (or idle), fitted
+    step_slowdowns: tuple[float, ...] = ()  # the slowdown in each sweep step, in order
+    step_s: float = 5.0
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -106,12 +145,17 @@ class CpuFigures:
         return interpolate(self.model_ms, rows)
 
     def model_cpu_ms(self, candidates: int) -> float:
-        """The model's CPU per request (one thread, at the formed batch sizes)."""
-        return candidates / self.model_rows_per_s * 1000
+        """The model's CPU per request (one thread, at the formed batch sizes): its timing
+        is wall time, so the machine's other work is taken out (÷ :attr:`slowdown`)."""
+        return candidates / self.model_rows_per_s * 1000 / self.slowdown
+
+    def cost(self, name: str) -> Cost:
+        return self.costs.get(name) or Cost(self.cpu_ms[name])
 
     def loop_ms(self, role: str) -> float:
-        """CPU per request of ``role`` outside the model (its event loop and client)."""
-        ms = self.cpu_ms[role]
+        """CPU per request of ``role`` outside the model and its per-batch cost (its event
+        loop and Kafka client)."""
+        ms = self.cost(role).per_request_ms
         if role == self.model_role:
             ms -= self.model_cpu_ms(self.candidates)
         return max(ms, 0.0)
@@ -126,6 +170,10 @@ class CpuFigures:
             return 1.0
         return 1.0 + sum(q * c for q, c in w) / sum(c for _, c in w)
 
+    def background_levels(self) -> tuple[float, ...]:
+        """Other work in each sweep step (as :attr:`background`): how it came and went."""
+        return tuple(max(0.0, self.machine_cpus * x - 1) for x in self.step_slowdowns)
+
     @property
     def background(self) -> float:
         """Other work on the bench machine as runnable threads: the count that slows one
@@ -135,6 +183,16 @@ class CpuFigures:
         if self.machine_cores_busy is None:  # a file from before the bench measured it
             return 0.0
         return max(0.0, self.machine_cores_busy - sum(self.cores.values()))
+
+
+def _slowdown(step: dict[str, Any]) -> float | None:
+    """1 + the CPU-weighted wait for a core of the step's processes."""
+    pr = step.get("probe") or {}
+    waits, cpu = pr.get("wait_per_cpu") or {}, pr.get("cpu_s") or {}
+    w = [(q, cpu[n]) for n, q in waits.items() if q is not None and cpu.get(n)]
+    if not w:
+        return None
+    return 1.0 + sum(q * c for q, c in w) / sum(c for _, c in w)
 
 
 def _sigma(stages: list[dict[str, Any]], name: str) -> float:
@@ -152,6 +210,7 @@ def load_cpu(path: Path) -> CpuFigures:
     plan = _get(doc, path, "plan")
     topology = _get(doc, path, "topology")
     roles = ("fused",) if topology == "fused" else ("features", "scorer", "aggregator")
+    model = "fused" if topology == "fused" else "scorer"
     cpu = _get(doc, path, "pipeline", "cpu_ms_per_request")
     for r in (*roles, "broker"):
         if cpu.get(r) is None:
@@ -183,6 +242,10 @@ def load_cpu(path: Path) -> CpuFigures:
         sigma={r: _sigma(first, r) for r in roles},
         wait_per_cpu={k: float(v) for k, v in (p.get("wait_per_cpu") or {}).items()
                       if v is not None},
+        step_slowdowns=tuple(_slowdown(st) for st in steps if _slowdown(st) is not None),
+        step_s=float(plan.get("step_s", 5.0)),
+        costs={n: c for n in cpu if n in (*roles, "broker", "load generator")
+               and (c := _fit(steps, n, n == model)) is not None},
     )
 
 

@@ -63,6 +63,8 @@ class Role:
     sigma: float  # lognormal shape of its service time
     utilization: float  # of its cores at the peak rate
     p99_ms: float  # estimated: service p99 + waiting p99
+    per_batch_ms: float = 0.0  # of ms_per_request: the cost of its batch (one request each)
+    model_ms: float = 0.0  # of ms_per_request: the model on this replica's CPU
     gpus: int = 0
     gpu_ms_per_request: float = 0.0
     replicas_per_gpu: int = 0
@@ -184,11 +186,14 @@ def make_plan(cpu: CpuFigures, *, requests_per_day: float, candidates: int, p99_
     slowdown = cpu.slowdown
     model_role = cpu.model_role
     demand: dict[str, float] = {}
+    per_batch: dict[str, float] = {}
+    model_cpu: dict[str, float] = {}
     for r in cpu.roles:
-        ms = cpu.loop_ms(r) * scale
-        if r == model_role and gpu is None:
-            ms += cpu.batch_ms(candidates) / slowdown  # one request's batch, this CPU, 1 thread
-        demand[r] = ms
+        # at worst every request is a batch of its own (light load): its per-batch cost too
+        per_batch[r] = cpu.cost(r).per_batch_ms
+        model_cpu[r] = (cpu.batch_ms(candidates) / slowdown  # one request's batch, 1 thread
+                        if r == model_role and gpu is None else 0.0)
+        demand[r] = cpu.loop_ms(r) * scale + per_batch[r] + model_cpu[r]
     gpu_ms = gpu.model_ms(candidates) if gpu is not None else 0.0
     bytes_c = topic_bytes(candidates, cpu.chunk_rows)
     bytes_b = topic_bytes(cpu.candidates, cpu.chunk_rows)
@@ -196,7 +201,7 @@ def make_plan(cpu: CpuFigures, *, requests_per_day: float, candidates: int, p99_
     used = [k for k in (("requests", "results") if cpu.topology == "fused"
                         else ("requests", "features", "scores", "results"))]
     byte_scale = max(1.0, sum(bytes_c[k] for k in used) / sum(bytes_b[k] for k in used))
-    broker_ms = cpu.cpu_ms["broker"] * byte_scale  # per request, leaders only
+    broker_ms = cpu.cost("broker").per_request_ms * byte_scale  # per request, leaders only
     pass_ms = broker_ms / passes
     broker_cores = peak * broker_ms * a.replication / 1000
     brokers = max(a.replication,
@@ -229,7 +234,9 @@ def make_plan(cpu: CpuFigures, *, requests_per_day: float, candidates: int, p99_
                           (wait_mean(rho, service, sig), wait_p99(rho, service, sig))]
             parts += role_parts
             roles.append(Role(r, n, round(demand[r], 3), sig, round(rho, 3),
-                              round(sum(p for _, p in role_parts), 2)))
+                              round(sum(p for _, p in role_parts), 2),
+                              per_batch_ms=round(per_batch[r], 3),
+                              model_ms=round(model_cpu[r], 3)))
         total = (fixed + sum(m for m, _ in parts)
                  + math.sqrt(sum(max(0.0, p - m) ** 2 for m, p in parts)))
         return total, roles
@@ -256,7 +263,7 @@ def make_plan(cpu: CpuFigures, *, requests_per_day: float, candidates: int, p99_
             by_gpu = max(1, math.floor(a.gpu_max_utilization / per_replica)) if per_replica else 1
             per_gpu = max(1, min(gpu.host_cpus - 1, by_gpu))
             out.append(Role(role.name, role.replicas, role.ms_per_request, role.sigma,
-                            role.utilization, role.p99_ms,
+                            role.utilization, role.p99_ms, per_batch_ms=role.per_batch_ms,
                             gpus=math.ceil(role.replicas / per_gpu),
                             gpu_ms_per_request=round(gpu_ms, 3), replicas_per_gpu=per_gpu))
             notes.append(
@@ -275,9 +282,13 @@ def make_plan(cpu: CpuFigures, *, requests_per_day: float, candidates: int, p99_
     if scale > 1:
         notes.append(f"CPU outside the model scaled × {scale:.2f} from the bench's "
                      f"{cpu.candidates} candidates to {candidates}")
-    notes.append(f"broker CPU per request as measured at the bench's {cpu.found_rate:g}/s, "
-                 "where its fixed costs (polls, heartbeats) fall on few requests: an upper "
-                 "bound at higher rates")
+    bc = cpu.cost("broker")
+    notes.append(f"CPU per request fitted over the bench's sweep steps (per request + per "
+                 f"batch, or + idle cores): broker {bc.per_request_ms:.2f} ms per request "
+                 f"(its idle {bc.idle_cores:.2f} cores left out), "
+                 + ", ".join(f"{r} {cpu.cost(r).per_request_ms:.2f} ms + "
+                             f"{cpu.cost(r).per_batch_ms:.2f} ms per batch"
+                             for r in cpu.roles))
     if slowdown > 1.05:
         notes.append(f"the model's timing on the bench machine divided by {slowdown:.2f}: its "
                      "processes waited that long for a core per CPU second (other work)")

@@ -9,7 +9,8 @@ split evenly over the records a request puts through it.
 A fleet is simulated by symmetry: one replica of each role with its share of the peak rate
 (the most loaded one: ``ceil(P/N)/P`` of it when P partitions do not divide evenly over N
 replicas), the tagged requests passing through all of them and Poisson traffic of the rest
-of the fleet added where a role's share is larger than the tagged stream's.
+of the fleet added where a role's share is larger than the tagged stream's; the broker's
+other traffic is a steady load on its cores.
 """
 
 from __future__ import annotations
@@ -26,21 +27,31 @@ def _loop_visits(server: Server, ms: float, sigma: float) -> tuple[Visit, Visit]
     return Visit(server, w), Visit(server, w)
 
 
+def _half_batch(ms: float, sigma: float) -> Work | None:
+    """Half a batch's cost (the batch actor wakes before and after the model)."""
+    return Work(ms / 2000, "lognormal", sigma) if ms > 0 else None
+
+
 def bench_streams(cpu: CpuFigures, rate: float) -> list[Stream]:
     """The bench's processes on its machine (its cores, the other work it measured)."""
-    vm = Machine("bench machine", cpu.machine_cpus, cpu.background)
+    idle = sum(cpu.cost(n).idle_cores for n in cpu.cpu_ms if n in cpu.costs)
+    levels = cpu.background_levels()
+    vm = (Machine("bench machine", cpu.machine_cpus, idle, levels=levels, period_s=cpu.step_s)
+          if levels else Machine("bench machine", cpu.machine_cpus, cpu.background + idle))
     gen = Server("load generator", vm)
     broker = Server("broker", vm, threads=8)
     passes = _broker_passes(cpu.topology)
-    g = Visit(gen, Work(cpu.cpu_ms.get("load generator", 0.0) / 2000, "exp"))
-    b = Visit(broker, Work(cpu.cpu_ms["broker"] / passes / 1000, "exp"))
+    g = Visit(gen, Work(cpu.cost("load generator").per_request_ms / 2000, "exp")
+              if "load generator" in cpu.cpu_ms else Work(0.0))
+    b = Visit(broker, Work(cpu.cost("broker").per_request_ms / passes / 1000, "exp"))
     slowdown = cpu.slowdown
     batcher = Batcher("model", vm, cpu.max_batch_rows, cpu.max_wait_ms / 1000,
                       lambda rows: cpu.batch_ms(rows) / slowdown / 1000, cpu.instances)
     route: list[Step] = [g, b]
     for role in cpu.roles:
-        s = Server(role, vm)
-        pre, post = _loop_visits(s, cpu.loop_ms(role), cpu.sigma.get(role, 0.5))
+        sig = cpu.sigma.get(role, 0.5)
+        s = Server(role, vm, per_batch=_half_batch(cpu.cost(role).per_batch_ms, sig))
+        pre, post = _loop_visits(s, cpu.loop_ms(role), sig)
         route += [pre, Batch(batcher), post] if role == cpu.model_role else [pre, post]
         route.append(b)
     route.append(g)
@@ -62,7 +73,12 @@ def plan_streams(plan: Plan, cpu: CpuFigures, gpu: GpuFigures | None = None,
     tagged = min(shares.values())
     passes = _broker_passes(plan.topology)
     pass_s = plan.broker_ms_per_request / passes / 1000
-    broker = Server("broker", Machine("a broker", a.broker_cores), threads=a.broker_cores)
+    # the rest of the fleet's records through this broker (leaders' and followers' work)
+    # as a steady load on its cores: discrete jobs by the ten thousand per second would only
+    # slow the simulation, and at a broker's many cores their queueing is small
+    busy = max(0.0, peak * passes * a.replication / plan.brokers - tagged * passes) * pass_s
+    broker = Server("broker", Machine("a broker", a.broker_cores, background=busy),
+                    threads=a.broker_cores)
     hop = Delay(a.hop_ms / 1000)
     ack = Delay(2 * a.hop_ms / 1000 if a.replication > 1 else 0.0)  # acks=all: a follower's fetch
     bvisit = Visit(broker, Work(pass_s, "exp"))
@@ -71,8 +87,9 @@ def plan_streams(plan: Plan, cpu: CpuFigures, gpu: GpuFigures | None = None,
     streams: list[Stream] = []
     for role in plan.roles:
         m = Machine(f"{role.name} replica", a.cores_per_replica)
-        s = Server(role.name, m)
-        pre, post = _loop_visits(s, role.ms_per_request, role.sigma)
+        s = Server(role.name, m, per_batch=_half_batch(role.per_batch_ms, role.sigma))
+        pre, post = _loop_visits(s, role.ms_per_request - role.per_batch_ms - role.model_ms,
+                                 role.sigma)
         if role.name == cpu.model_role:
             if gpu is not None:
                 per_replica = shares[role.name] * role.gpu_ms_per_request / 1000
@@ -81,9 +98,11 @@ def plan_streams(plan: Plan, cpu: CpuFigures, gpu: GpuFigures | None = None,
                                   cpu.max_wait_ms / 1000, lambda r: gpu.model_ms(r) / 1000,
                                   cpu.instances)
             else:
-                # the model's CPU is in ms_per_request; the batch still takes its time
+                # the model's thread on the replica's own cores
                 batcher = Batcher(f"{role.name} model", m, cpu.max_batch_rows,
-                                  cpu.max_wait_ms / 1000, lambda r: 0.0, cpu.instances)
+                                  cpu.max_wait_ms / 1000,
+                                  lambda r: cpu.batch_ms(r) / cpu.slowdown / 1000,
+                                  cpu.instances)
             steps: tuple[Step, ...] = (pre, Batch(batcher), post)
         else:
             steps = (pre, post)
@@ -91,9 +110,5 @@ def plan_streams(plan: Plan, cpu: CpuFigures, gpu: GpuFigures | None = None,
         extra = shares[role.name] - tagged
         if extra > 0:
             streams.append(Stream(extra, steps, rows=plan.candidates, tagged=False))
-    # the rest of the fleet's records through this broker (leaders, and followers' fetches)
-    broker_rate = peak * passes * a.replication / plan.brokers - tagged * passes
-    if broker_rate > 0:
-        streams.append(Stream(broker_rate, (bvisit,), tagged=False))
     streams.insert(0, Stream(tagged, tuple(route), rows=plan.candidates))
     return streams

@@ -35,19 +35,32 @@ class Machine:
     name: str
     cores: float = 1.0
     background: float = 0.0
+    # other work that comes and goes: these extra levels in turn, each for ``period_s``
+    levels: tuple[float, ...] = ()
+    period_s: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.cores <= 0 or self.background < 0:
+        if self.cores <= 0 or self.background < 0 or any(x < 0 for x in self.levels):
             raise ValueError(f"machine {self.name}: cores must be > 0 and background ≥ 0")
+
+    def other(self, t: float) -> float:
+        if not self.levels:
+            return self.background
+        return self.background + self.levels[int(t / self.period_s) % len(self.levels)]
 
 
 @dataclass(frozen=True)
 class Server:
-    """A FIFO queue served by ``threads`` threads (1: an asyncio event loop) on ``machine``."""
+    """A FIFO queue served by ``threads`` threads (1: an asyncio event loop) on ``machine``.
+
+    With ``per_batch`` it serves as the batch actor does: a free thread takes every request
+    waiting (at most ``max_batch``), for ``per_batch`` plus each request's own work."""
 
     name: str
     machine: Machine
     threads: int = 1
+    per_batch: Work | None = None
+    max_batch: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -147,7 +160,7 @@ class _Thread:
     """Work in progress on a machine: a request at a server, or a batch on an instance."""
 
     left: float  # seconds of work at full speed
-    req: _Req | None = None
+    reqs: list[_Req] | None = None
     server: Server | None = None
     batch: list[_Req] | None = None
     batcher: Batcher | None = None
@@ -209,7 +222,10 @@ def simulate(streams: Sequence[Stream], *, duration_s: float, warmup_s: float = 
     def speed(m: str) -> float:
         mach = machines[m]
         n = len(running[m])
-        return 1.0 if n == 0 else min(1.0, mach.cores / (n + mach.background))
+        return 1.0 if n == 0 else min(1.0, mach.cores / (n + mach.other(now)))
+
+    periods = [mach.period_s for mach in machines.values() if mach.levels]
+    period = min(periods) if periods else math.inf
 
     def advance(req: _Req) -> None:
         """Move ``req`` to its next step (or finish it)."""
@@ -226,11 +242,10 @@ def simulate(streams: Sequence[Stream], *, duration_s: float, warmup_s: float = 
                 return
             if isinstance(step, Visit):
                 s = step.server
+                queues[s.name].append(req)
                 if serving[s.name] < s.threads:
                     serving[s.name] += 1
-                    running[s.machine.name].append(_Thread(req.works[req.step], req=req, server=s))
-                else:
-                    queues[s.name].append(req)
+                    serve(s)
                 return
             b = step.batcher
             state = batchers[b.name]
@@ -238,6 +253,17 @@ def simulate(streams: Sequence[Stream], *, duration_s: float, warmup_s: float = 
             state.enqueued.append(now)
             state.rows += req.rows
             return
+
+    def serve(s: Server) -> None:
+        """A thread of ``s`` takes the next request (or, batching, all that wait)."""
+        q = queues[s.name]
+        if s.per_batch is None:
+            r = q.popleft()
+            running[s.machine.name].append(_Thread(r.works[r.step], reqs=[r], server=s))
+            return
+        taken = [q.popleft() for _ in range(min(len(q), s.max_batch))]
+        work = float(s.per_batch.sample(rng, 1)[0]) + sum(r.works[r.step] for r in taken)
+        running[s.machine.name].append(_Thread(work, reqs=taken, server=s))
 
     def flush_ready(b: Batcher, state: _BatcherState) -> bool:
         return bool(state.queue) and (state.rows >= b.max_rows
@@ -281,7 +307,8 @@ def simulate(streams: Sequence[Stream], *, duration_s: float, warmup_s: float = 
                 t = now + th.left / sp
                 if t < t_done:
                     t_done, who = t, (m, th)
-        t = min(t_arrival, t_delay, t_done, timer)
+        t_level = (math.floor(now / period + 1e-9) + 1) * period if periods else math.inf
+        t = min(t_arrival, t_delay, t_done, timer, t_level)
         if t == math.inf or t > end:
             break
         dt = t - now
@@ -294,15 +321,15 @@ def simulate(streams: Sequence[Stream], *, duration_s: float, warmup_s: float = 
         if t == t_done and who is not None:
             m, th = who
             running[m].remove(th)
-            if th.req is not None and th.server is not None:
+            if th.reqs is not None and th.server is not None:
                 s = th.server
-                th.req.step += 1
                 if queues[s.name]:
-                    nxt = queues[s.name].popleft()
-                    running[m].append(_Thread(nxt.works[nxt.step], req=nxt, server=s))
+                    serve(s)
                 else:
                     serving[s.name] -= 1
-                advance(th.req)
+                for r in th.reqs:
+                    r.step += 1
+                    advance(r)
             elif th.batch is not None and th.batcher is not None:
                 batchers[th.batcher.name].free += 1
                 for r in th.batch:
