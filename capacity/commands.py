@@ -69,8 +69,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             return fail(f"simulating the bench of {args.figures}: {e}")
         print(f"  bench vs simulation on {cpu.source.machine}: the bench found "
               f"{c.bench_rate:g}/s at p99 ≤ {c.bound_ms:g} ms, the simulation {c.sim_rate:g}/s "
-              f"(ratio {c.ratio:.2f}; other work on the machine as {c.background:.1f} "
-              f"runnable threads, measured)")
+              f"(ratio {c.ratio:.2f}; other work on the machine {c.background[0]:g}–"
+              f"{c.background[1]:g} runnable threads, as measured in the sweep's steps)")
     if args.json:
         Path(args.json).write_text(json.dumps(plan.to_json(), indent=1) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
@@ -98,7 +98,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)
     p.add_argument("--simulate", action="store_true",
                    help="run the plan's fleet through the simulation at the peak rate")
-    p.add_argument("--sim-s", type=float, default=60.0, help="simulated seconds (default 60)")
+    p.add_argument("--sim-s", type=float, default=120.0, help="simulated seconds (default 120)")
     p.add_argument("--check-bench", action="store_true",
                    help="simulate the bench's machine and compare the rate it finds")
     p.add_argument("--json", default=None, metavar="FILE", help="write the plan as JSON")

@@ -233,8 +233,9 @@ def make_plan(cpu: CpuFigures, *, requests_per_day: float, candidates: int, p99_
             role_parts = [(service, service_p99(service, sig)),
                           (wait_mean(rho, service, sig), wait_p99(rho, service, sig))]
             parts += role_parts
-            roles.append(Role(r, n, round(demand[r], 3), sig, round(rho, 3),
-                              round(sum(p for _, p in role_parts), 2),
+            own = (sum(m for m, _ in role_parts)
+                   + math.sqrt(sum(max(0.0, p - m) ** 2 for m, p in role_parts)))
+            roles.append(Role(r, n, round(demand[r], 3), sig, round(rho, 3), round(own, 2),
                               per_batch_ms=round(per_batch[r], 3),
                               model_ms=round(model_cpu[r], 3)))
         total = (fixed + sum(m for m, _ in parts)
@@ -269,7 +270,7 @@ def make_plan(cpu: CpuFigures, *, requests_per_day: float, candidates: int, p99_
             notes.append(
                 f"{role.name} on {gpu.gpu}: the model's {gpu_ms:.3f} ms per request moves to "
                 f"the GPU; the rest of the replica's work ({role.ms_per_request:.2f} ms CPU) "
-                f"stays, so replicas drop only by the model's share; {per_gpu} replicas per "
+                f"stays on its core; {per_gpu} replicas per "
                 f"GPU (its host's {gpu.host_cpus} cores less one, GPU ≤ "
                 f"{a.gpu_max_utilization:.0%} busy)")
         roles = out
