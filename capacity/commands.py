@@ -69,7 +69,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             return fail(f"simulating the bench of {args.figures}: {e}")
         print(f"  bench vs simulation on {cpu.source.machine}: the bench found "
               f"{c.bench_rate:g}/s at p99 ≤ {c.bound_ms:g} ms, the simulation {c.sim_rate:g}/s "
-              f"(ratio {c.ratio:.2f}; other work on the machine {c.background[0]:g}–"
+              f"(median of {', '.join(f'{r:g}' for r in c.sim_rates)}; ratio {c.ratio:.2f}; "
+              f"other work on the machine {c.background[0]:g}–"
               f"{c.background[1]:g} runnable threads, as measured in the sweep's steps)")
     if args.json:
         Path(args.json).write_text(json.dumps(plan.to_json(), indent=1) + "\n")

@@ -132,6 +132,7 @@ class CpuFigures:
     costs: dict[str, Cost]  # each process's CPU per request and per batch (or idle), fitted
     step_slowdowns: tuple[float, ...] = ()  # the slowdown in each sweep step, in order
     step_s: float = 5.0
+    partitions: int = 4  # of the bench's topics
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -243,7 +244,7 @@ def load_cpu(path: Path) -> CpuFigures:
         wait_per_cpu={k: float(v) for k, v in (p.get("wait_per_cpu") or {}).items()
                       if v is not None},
         step_slowdowns=tuple(_slowdown(st) for st in steps if _slowdown(st) is not None),
-        step_s=float(plan.get("step_s", 5.0)),
+        step_s=float(plan.get("step_s", 5.0)), partitions=int(plan.get("partitions", 4)),
         costs={n: c for n in cpu if n in (*roles, "broker", "load generator")
                and (c := _fit(steps, n, n == model)) is not None},
     )

@@ -55,7 +55,7 @@ def bench_streams(cpu: CpuFigures, rate: float) -> list[Stream]:
         route += [pre, Batch(batcher), post] if role == cpu.model_role else [pre, post]
         route.append(b)
     route.append(g)
-    return [Stream(rate, tuple(route), rows=cpu.candidates)]
+    return [Stream(rate, tuple(route), rows=cpu.candidates, partitions=cpu.partitions)]
 
 
 def _share(peak: float, replicas: int, partitions: int) -> float:
@@ -109,6 +109,8 @@ def plan_streams(plan: Plan, cpu: CpuFigures, gpu: GpuFigures | None = None,
         route += [*steps, *through_broker]
         extra = shares[role.name] - tagged
         if extra > 0:
-            streams.append(Stream(extra, steps, rows=plan.candidates, tagged=False))
-    streams.insert(0, Stream(tagged, tuple(route), rows=plan.candidates))
+            streams.append(Stream(extra, steps, rows=plan.candidates, tagged=False,
+                                  partitions=a.partitions_per_replica))
+    streams.insert(0, Stream(tagged, tuple(route), rows=plan.candidates,
+                             partitions=a.partitions_per_replica))
     return streams

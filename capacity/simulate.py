@@ -54,7 +54,8 @@ class Server:
     """A FIFO queue served by ``threads`` threads (1: an asyncio event loop) on ``machine``.
 
     With ``per_batch`` it serves as the batch actor does: a free thread takes every request
-    waiting (at most ``max_batch``), for ``per_batch`` plus each request's own work."""
+    waiting on the oldest one's partition (at most ``max_batch``), for ``per_batch`` plus
+    each request's own work."""
 
     name: str
     machine: Machine
@@ -118,12 +119,14 @@ Step = Visit | Batch | Delay
 
 @dataclass(frozen=True)
 class Stream:
-    """Poisson arrivals at ``rate`` per second, each request with ``rows`` model rows."""
+    """Poisson arrivals at ``rate`` per second, each request with ``rows`` model rows, on
+    one of ``partitions`` partitions at random (a batch server batches one at a time)."""
 
     rate: float
     route: tuple[Step, ...]
     rows: int = 1
     tagged: bool = True
+    partitions: int = 1
 
 
 @dataclass
@@ -152,6 +155,7 @@ class _Req:
     route: tuple[Step, ...]
     rows: int
     works: np.ndarray  # sampled service seconds, one per step (Visits only)
+    partition: tuple[int, int] = (0, 0)  # (stream, partition)
     step: int = 0
 
 
@@ -189,7 +193,9 @@ def simulate(streams: Sequence[Stream], *, duration_s: float, warmup_s: float = 
         for j, step in enumerate(st.route):
             if isinstance(step, Visit):
                 works[:, j] = step.work.sample(rng, n)
-        reqs.extend(_Req(float(t), k, st.route, st.rows, works[i]) for i, t in enumerate(times))
+        parts = rng.integers(0, st.partitions, n)
+        reqs.extend(_Req(float(t), k, st.route, st.rows, works[i], (k, int(parts[i])))
+                    for i, t in enumerate(times))
     reqs.sort(key=lambda r: r.arrived)
     done: dict[int, float] = {}
 
@@ -261,7 +267,16 @@ def simulate(streams: Sequence[Stream], *, duration_s: float, warmup_s: float = 
             r = q.popleft()
             running[s.machine.name].append(_Thread(r.works[r.step], reqs=[r], server=s))
             return
-        taken = [q.popleft() for _ in range(min(len(q), s.max_batch))]
+        # the batch actor's unit: the records of one partition's fetch, the oldest first
+        head = q[0].partition
+        taken = [r for r in q if r.partition == head][:s.max_batch]
+        if len(taken) == len(q):
+            q.clear()
+        else:
+            chosen = set(map(id, taken))
+            kept = [r for r in q if id(r) not in chosen]
+            q.clear()
+            q.extend(kept)
         work = float(s.per_batch.sample(rng, 1)[0]) + sum(r.works[r.step] for r in taken)
         running[s.machine.name].append(_Thread(work, reqs=taken, server=s))
 

@@ -131,11 +131,12 @@ def test_simulated_batcher_waits_for_max_wait_and_fills_to_max_rows() -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "open: on this session's loaded 2-core VM the simulation finds 36.4/s where the bench "
-    "found 23.4/s (1.55×, the target is within 20 %); see the README's capacity section"))
+    "open: on this session's loaded 2-core VM the simulation finds 31.0/s (median of 3 "
+    "seeds: 31.0, 32.1, 26.8) where the bench found 23.4/s: 1.32×, the target is within "
+    "20 %; see the README's capacity section"))
 def test_simulated_bench_finds_the_rate_the_bench_found() -> None:
     cpu = load_cpu(BENCH)
-    c = check_bench(cpu, duration_s=30)
+    c = check_bench(cpu)
     assert 0.8 <= c.ratio <= 1.2, c
 
 
