@@ -169,7 +169,7 @@ class CpuFigures:
              if n in self.cpu_ms]
         if not w:
             return 1.0
-        return 1.0 + sum(q * c for q, c in w) / sum(c for _, c in w)
+        return 1.0 + float(sum(q * c for q, c in w) / sum(c for _, c in w))
 
     def background_levels(self) -> tuple[float, ...]:
         """Other work in each sweep step (as :attr:`background`): how it came and went."""
@@ -193,7 +193,7 @@ def _slowdown(step: dict[str, Any]) -> float | None:
     w = [(q, cpu[n]) for n, q in waits.items() if q is not None and cpu.get(n)]
     if not w:
         return None
-    return 1.0 + sum(q * c for q, c in w) / sum(c for _, c in w)
+    return 1.0 + float(sum(q * c for q, c in w) / sum(c for _, c in w))
 
 
 def _sigma(stages: list[dict[str, Any]], name: str) -> float:
@@ -243,7 +243,7 @@ def load_cpu(path: Path) -> CpuFigures:
         sigma={r: _sigma(first, r) for r in roles},
         wait_per_cpu={k: float(v) for k, v in (p.get("wait_per_cpu") or {}).items()
                       if v is not None},
-        step_slowdowns=tuple(_slowdown(st) for st in steps if _slowdown(st) is not None),
+        step_slowdowns=tuple(x for st in steps if (x := _slowdown(st)) is not None),
         step_s=float(plan.get("step_s", 5.0)), partitions=int(plan.get("partitions", 4)),
         costs={n: c for n in cpu if n in (*roles, "broker", "load generator")
                and (c := _fit(steps, n, n == model)) is not None},
