@@ -155,7 +155,7 @@ def wait_p99(rho: float, mean_ms: float, sigma: float, servers: int = 1) -> floa
     return math.log(100 * c) * mean_ms / (servers * (1 - rho)) * (1 + cv2) / 2
 
 
-def _broker_passes(topology: str) -> int:
+def broker_passes(topology: str) -> int:
     return 2 if topology == "fused" else 4  # records a request puts through a broker
 
 
@@ -197,7 +197,7 @@ def make_plan(cpu: CpuFigures, *, requests_per_day: float, candidates: int, p99_
     gpu_ms = gpu.model_ms(candidates) if gpu is not None else 0.0
     bytes_c = topic_bytes(candidates, cpu.chunk_rows)
     bytes_b = topic_bytes(cpu.candidates, cpu.chunk_rows)
-    passes = _broker_passes(cpu.topology)
+    passes = broker_passes(cpu.topology)
     used = [k for k in (("requests", "results") if cpu.topology == "fused"
                         else ("requests", "features", "scores", "results"))]
     byte_scale = max(1.0, sum(bytes_c[k] for k in used) / sum(bytes_b[k] for k in used))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from capacity.figures import CpuFigures, GpuFigures
-from capacity.plan import Plan, _broker_passes
+from capacity.plan import Plan, broker_passes
 from capacity.simulate import Batch, Batcher, Delay, Machine, Server, Step, Stream, Visit, Work
 
 
@@ -40,7 +40,7 @@ def bench_streams(cpu: CpuFigures, rate: float) -> list[Stream]:
           if levels else Machine("bench machine", cpu.machine_cpus, cpu.background + idle))
     gen = Server("load generator", vm)
     broker = Server("broker", vm, threads=8)
-    passes = _broker_passes(cpu.topology)
+    passes = broker_passes(cpu.topology)
     g = Visit(gen, Work(cpu.cost("load generator").per_request_ms / 2000, "exp")
               if "load generator" in cpu.cpu_ms else Work(0.0))
     b = Visit(broker, Work(cpu.cost("broker").per_request_ms / passes / 1000, "exp"))
@@ -71,7 +71,7 @@ def plan_streams(plan: Plan, cpu: CpuFigures, gpu: GpuFigures | None = None,
     topics = {t.consumers: t for t in plan.topics}
     shares = {r.name: _share(peak, r.replicas, topics[r.name].partitions) for r in plan.roles}
     tagged = min(shares.values())
-    passes = _broker_passes(plan.topology)
+    passes = broker_passes(plan.topology)
     pass_s = plan.broker_ms_per_request / passes / 1000
     # the rest of the fleet's records through this broker (leaders' and followers' work)
     # as a steady load on its cores: discrete jobs by the ten thousand per second would only
