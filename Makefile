@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -ra
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline workers schemas loadtest clients/python tests
+	$(BIN)/ruff check pipeline workers schemas loadtest capacity clients/python tests
 	$(BIN)/mypy --strict pipeline
 
 clean:
