@@ -292,7 +292,8 @@ def make_plan(cpu: CpuFigures, *, requests_per_day: float, candidates: int, p99_
                              for r in cpu.roles))
     if slowdown > 1.05:
         notes.append(f"the model's timing on the bench machine divided by {slowdown:.2f}: its "
-                     "processes waited that long for a core per CPU second (other work)")
+                     f"processes waited {slowdown - 1:.2f} s for a core per CPU second "
+                     "(other work)")
     return Plan(
         requests_per_day=requests_per_day, candidates=candidates, p99_ms=p99_ms,
         gpu=gpu is not None, mean_rate=round(mean_rate, 1), peak_rate=round(peak, 1),
