@@ -77,7 +77,7 @@ def test_a_tight_bound_lowers_the_utilization_and_an_impossible_one_says_why(
     assert tight.utilization_target < loose.utilization_target
     assert tight.role("fused").replicas > loose.role("fused").replicas
     assert tight.estimated_p99_ms <= 30.0
-    with pytest.raises(PlanError, match=r"p99 ≤ 5 ms cannot be met .* one request alone"):
+    with pytest.raises(PlanError, match=r"p99 ≤ 5 ms cannot be met .* even at 1 % busy .* one request alone"):
         make_plan(cpu, requests_per_day=1e9, candidates=100, p99_ms=5.0)
     with pytest.raises(ValueError, match="--peak-factor must be ≥ 1"):
         Assumptions(peak_factor=0.5)
