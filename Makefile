@@ -27,9 +27,10 @@ test: $(STAMP) $(KUSTOMIZE)
 	ADSTREAM_KUSTOMIZE=$(KUSTOMIZE) $(BIN)/python -m pytest -ra --durations=25
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline workers schemas loadtest tools clients/python tests
+	$(BIN)/ruff check pipeline workers schemas loadtest tools capacity clients/python tests
 	$(BIN)/mypy --strict pipeline
 	$(BIN)/mypy --strict --follow-imports=silent tools
+	$(BIN)/mypy --strict --follow-imports=silent capacity
 
 $(KUSTOMIZE):
 	@test -x $(GO) || { echo "make: kustomize is built with Go (go install), and there is no go on PATH or at $(GO)" >&2; exit 1; }

@@ -152,7 +152,9 @@ class Probe:
         cpu = self._cpu.stop()
         await self._rss.stop()
         hist = (await self._histogram()).minus(self._hist)
-        return {"cpu_s": cpu, "batch_rows": {"batches": hist.batches, "rows": hist.rows,
+        return {"cpu_s": cpu, "machine_cores_busy": self._cpu.machine_cores_busy,
+                "wait_per_cpu": dict(self._cpu.wait_per_cpu),
+                "batch_rows": {"batches": hist.batches, "rows": hist.rows,
                                              "buckets": _json_buckets(hist)},
                 "rss_peak_bytes": {n: self._rss.peak(n) for n in self.worker_pids},
                 "_hist": hist}
@@ -238,6 +240,8 @@ async def _steady(settings: Settings, traffic: Traffic, plan: BenchPlan, rate: f
             "max_ms": lat["max"], "achieved": run["summary"]["achieved_rate"],
             "stages": run["stages"], "cpu_s": probed["cpu_s"], "cores": _cores(probed["cpu_s"]),
             "cpu_ms_per_request": _cpu_per_request(probed["cpu_s"], sent),
+            "machine_cores_busy": probed["machine_cores_busy"],
+            "wait_per_cpu": probed["wait_per_cpu"],
             "batch_rows": probed["batch_rows"],
             "rss_bytes": probed["rss_peak_bytes"]}
 
@@ -478,6 +482,8 @@ async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "au
                     "cpu_s": best_step["probe"]["cpu_s"],
                     "cores": _cores(best_step["probe"]["cpu_s"]),
                     "cpu_ms_per_request": best_step["probe"]["cpu_ms_per_request"],
+                    "machine_cores_busy": best_step["probe"]["machine_cores_busy"],
+                    "wait_per_cpu": best_step["probe"]["wait_per_cpu"],
                     "batch_rows": best_step["probe"]["batch_rows"]}
         ratio = cands_per_s / float(lim["rows_per_s"])  # type: ignore[arg-type]
         for st in sweep_doc["steps"]:
@@ -600,6 +606,10 @@ def report_text(doc: dict[str, Any]) -> str:
         *_histogram_lines(p["batch_rows"]),
         f"CPU per request at {p['rate']:,.0f}/s (and cores busy):",
         *_cpu_lines(p["cpu_ms_per_request"], p["cores"]),
+        (f"    machine busy    {_fmt(p.get('machine_cores_busy'), ' cores', 2)} of "
+         f"{m.get('cpus', '?')} (every process on it, other work included)"),
+        ("    waiting for a core, s per CPU s: " + ", ".join(
+            f"{n} {_fmt(v, '', 2)}" for n, v in p.get("wait_per_cpu", {}).items())),
         "",
         (f"steady    {st['rate']:,.0f} requests/s ({plan['steady_fraction']:.0%}): "
          f"p50 {_fmt(st['p50_ms'], ' ms')}  p99 {_fmt(st['p99_ms'], ' ms')}  "

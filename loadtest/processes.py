@@ -36,6 +36,35 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes of this machine spent busy since boot (``/proc/stat``)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return None
+    ticks = [int(x) for x in fields[:8]]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def run_delay_seconds(pid: int) -> float | None:
+    """Seconds the threads of ``pid`` alive now spent runnable but waiting for a core
+    (``/proc/PID/task/*/schedstat``): how much the machine's other work slowed it."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total = 0
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def rss_bytes(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/statm", "rb") as f:
@@ -167,9 +196,15 @@ class CpuMeter:
     pids: dict[str, int]
     _start: dict[str, float | None] = field(default_factory=dict)
     _t0: float = 0.0
+    _busy0: float | None = None
+    machine_cores_busy: float | None = None  # every process on the machine, set by stop()
+    wait_per_cpu: dict[str, float | None] = field(default_factory=dict)  # set by stop()
+    _delay0: dict[str, float | None] = field(default_factory=dict)
 
     def start(self) -> None:
         self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._busy0 = machine_busy_seconds()
+        self._delay0 = {name: run_delay_seconds(pid) for name, pid in self.pids.items()}
         self._t0 = time.monotonic()
 
     def stop(self) -> dict[str, float | None]:
@@ -179,4 +214,11 @@ class CpuMeter:
             now, then = cpu_seconds(pid), self._start.get(name)
             out[name] = None if now is None or then is None else round(now - then, 4)
         out["wall"] = round(time.monotonic() - self._t0, 4)
+        busy = machine_busy_seconds()
+        self.machine_cores_busy = (None if busy is None or self._busy0 is None or not out["wall"]
+                                   else round((busy - self._busy0) / out["wall"], 3))
+        for name, pid in self.pids.items():
+            d1, d0, cpu = run_delay_seconds(pid), self._delay0.get(name), out.get(name)
+            self.wait_per_cpu[name] = (None if d1 is None or d0 is None or not cpu
+                                       else round((d1 - d0) / cpu, 3))
         return out

@@ -20,13 +20,14 @@ PACKAGES = {
     "workers": Path("workers"),
     "loadtest": Path("loadtest"),
     "tools": Path("tools"),
+    "capacity": Path("capacity"),
     "adstream_client": Path("clients/python/adstream_client"),
     "tests": Path("tests"),
 }
 
 # The layers, bottom first: a package may import those below it, none above it, and
 # nothing imports the tests.
-LAYERS = ["pipeline", "schemas", "adstream_client", "workers", "loadtest", "tools"]
+LAYERS = ["pipeline", "schemas", "adstream_client", "workers", "loadtest", "capacity", "tools"]
 FORBIDDEN = {package: {*LAYERS[i + 1:], "tests"} for i, package in enumerate(LAYERS)}
 FORBIDDEN["tests"] = set()
 
@@ -76,11 +77,13 @@ def violations(root: Path, exceptions: dict[tuple[str, str], str] | None = None
 
 def test_the_layers_are_the_rules_the_readme_states() -> None:
     assert FORBIDDEN["pipeline"] == {"schemas", "adstream_client", "workers", "loadtest",
-                                     "tools", "tests"}
-    assert FORBIDDEN["schemas"] == {"adstream_client", "workers", "loadtest", "tools", "tests"}
-    assert FORBIDDEN["adstream_client"] == {"workers", "loadtest", "tools", "tests"}
-    assert FORBIDDEN["workers"] == {"loadtest", "tools", "tests"}
-    assert FORBIDDEN["loadtest"] == {"tools", "tests"}
+                                     "capacity", "tools", "tests"}
+    assert FORBIDDEN["schemas"] == {"adstream_client", "workers", "loadtest", "capacity",
+                                    "tools", "tests"}
+    assert FORBIDDEN["adstream_client"] == {"workers", "loadtest", "capacity", "tools", "tests"}
+    assert FORBIDDEN["workers"] == {"loadtest", "capacity", "tools", "tests"}
+    assert FORBIDDEN["loadtest"] == {"capacity", "tools", "tests"}
+    assert FORBIDDEN["capacity"] == {"tools", "tests"}
     assert FORBIDDEN["tools"] == {"tests"}
 
 
