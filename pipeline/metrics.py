@@ -84,6 +84,8 @@ CATALOG: dict[str, tuple[str, str]] = {
     "adstream_consumer_lag_records": (
         "gauge", "Log end offset minus the group's committed offset, per owned partition."),
     "adstream_batch_queue_rows": ("gauge", "Rows waiting in the scorer's batch queue."),
+    "adstream_spilled_batches": ("counter", "Batches run on the spill backend."),
+    "adstream_spilled_rows": ("counter", "Rows scored on the spill backend."),
     "adstream_gpu_pool_bytes": (
         "gauge", "CuPy memory pools: device used/total/limit/peak, pinned used."),
     "adstream_gpu_pool_waits": ("counter", "Batches that waited for GPU pool memory."),
@@ -127,6 +129,7 @@ class Metrics(Middleware):
         self._batches: dict[tuple[str, str], _BatchSeries] = {}
         self._counts: dict[str, Callable[[], Mapping[str, int]]] = {}
         self._queues: dict[tuple[str, str], Callable[[], int]] = {}
+        self._spills: dict[tuple[str, str], Callable[[], tuple[int, int]]] = {}
         self._gpu_pool: Callable[[], Mapping[str, Any]] | None = None
         self._checks: dict[str, Callable[[], Check]] = {}
         self.broker_ok_at: float | None = None  # time.monotonic() of the last broker answer
@@ -169,6 +172,11 @@ class Metrics(Middleware):
     def watch_queue(self, model: str, version: str, queued_rows: Callable[[], int]) -> None:
         """The rows waiting in one model's batch queue, read at scrape time."""
         self._queues[(model, version)] = queued_rows
+
+    def watch_spill(self, model: str, version: str,
+                    spilled: Callable[[], tuple[int, int]]) -> None:
+        """(batches, rows) one model's batcher ran on its spill backend, read at scrape time."""
+        self._spills[(model, version)] = spilled
 
     def watch_gpu_pool(self, stats: Callable[[], Mapping[str, Any]]) -> None:
         """CuPy pool statistics (``configured``, ``used_bytes``, …), read at scrape time."""
@@ -388,6 +396,18 @@ class Metrics(Middleware):
         for (model, version), rows in list(self._queues.items()):
             queue.add_metric([model, version], rows())
         yield queue
+
+        batches = CounterMetricFamily("adstream_spilled_batches",
+                                      CATALOG["adstream_spilled_batches"][1],
+                                      labels=["model", "version"])
+        spilled_rows = CounterMetricFamily("adstream_spilled_rows",
+                                           CATALOG["adstream_spilled_rows"][1],
+                                           labels=["model", "version"])
+        for (model, version), spilled in list(self._spills.items()):
+            n_batches, n_rows = spilled()
+            batches.add_metric([model, version], n_batches)
+            spilled_rows.add_metric([model, version], n_rows)
+        yield from (batches, spilled_rows)
 
         counts = {k: CounterMetricFamily(f"adstream_{k}", CATALOG[f"adstream_{k}"][1],
                                          labels=["actor"]) for k in HANDLER_COUNTS}

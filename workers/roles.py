@@ -62,19 +62,28 @@ def scoring_batcher(settings: Settings, spec: ModelSpec,
     if sc.intra_op_threads or c.intra_op_threads:
         options["intra_op_threads"] = sc.intra_op_threads or c.intra_op_threads
     backends = [create_backend(spec, sc.backend or None, **options) for _ in range(instances)]
+    spill = [create_backend(spec, sc.spill_backend, **options)
+             for _ in range(sc.spill_instances if sc.spill_backend else 0)]
     batcher = DynamicBatcher(
         [b.score for b in backends],
         max_rows=sc.max_batch_rows or c.max_batch_rows,
         max_wait_ms=sc.max_wait_ms if sc.max_wait_ms >= 0 else c.max_wait_ms,
         on_batch=metrics.batch_observer(spec.name, str(spec.version)) if metrics else None,
+        spill=[b.score for b in spill],
+        spill_queue_rows=sc.spill_queue_rows or None,
+        spill_after_ms=sc.spill_after_ms,
     )
     if metrics is not None:
         from workers.backends.cupy_pool import pool_stats
 
         metrics.watch_queue(spec.name, str(spec.version), lambda: batcher.queued_rows)
+        metrics.watch_spill(spec.name, str(spec.version), lambda: (
+            batcher.stats.spilled_batches, batcher.stats.spilled_rows))
         metrics.watch_gpu_pool(pool_stats)
         kinds = sorted({type(b).__name__ for b in backends})
         detail = f"{spec.name} version {spec.version}: {instances} x {', '.join(kinds)}"
+        if spill:
+            detail += f", spill {len(spill)} x {type(spill[0]).__name__}"
         metrics.add_check("model", lambda: Check(True, detail))
     return batcher
 

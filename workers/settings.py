@@ -47,6 +47,10 @@ class ScorerSection:
     intra_op_threads: int = setting(0, ge=0)  # onnxruntime threads per instance; 0 = the model's config.toml
     precision: str = setting("float32", choices=("float32", "float16"))  # cupy: weights and activations
     cuda_graphs: bool = False  # cupy: pad batches to preferred sizes and replay CUDA graphs
+    spill_backend: str = setting("", choices=("", *BACKENDS))  # empty = no spill; else batches go to instances of this backend while the queue stays over spill_queue_rows
+    spill_instances: int = setting(1, ge=1)  # spill backend instances (threads)
+    spill_queue_rows: int = setting(0, ge=0)  # spill bound in queued rows; 0 = max_batch_rows
+    spill_after_ms: float = setting(5.0, ge=0)  # how long the queue must stay over the bound before a batch spills
     gpu_pool_fraction: float = setting(0.8, gt=0, le=1)  # cupy: device memory pool limit, fraction of the GPU
 
 
