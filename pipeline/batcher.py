@@ -41,6 +41,11 @@ def _join(pieces: list[np.ndarray]) -> np.ndarray:
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
+class BatcherClosed(RuntimeError):
+    """The batcher was closed before it took the submission (e.g. its model was swapped
+    out); the caller may submit it elsewhere."""
+
+
 @dataclass(slots=True)
 class _Item:
     arrays: tuple[Input, ...]
@@ -116,6 +121,10 @@ class DynamicBatcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def submit(self, *arrays: Input, deadline: float | None = None,
                      priority: int = 0, count: int = 1) -> np.ndarray:
         """Score ``arrays`` (same row count; each an array or a list of row pieces) in some
@@ -128,10 +137,12 @@ class DynamicBatcher:
         if rows > self.max_rows:
             raise ValueError(f"{rows} rows in one submission exceed max_rows={self.max_rows}")
         if self._closed:
-            raise RuntimeError("batcher is closed")
+            raise BatcherClosed("batcher is closed")
         while self._queued_rows + rows > self.max_queue_rows and self._queued_rows:
             self._room.clear()
             await self._room.wait()
+            if self._closed:
+                raise BatcherClosed("batcher closed while the submission waited for room")
         fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._enqueue(_Item(arrays, rows, deadline, fut, time.monotonic(), priority, count))
         self._queued_rows += rows

@@ -201,6 +201,10 @@ def score_chunk() -> Schema:
         + FRAME,
         {**_chunk_fields(),
          "status": {"enum": ["ok", "expired"], "description": "expired carries no rows"},
+         "model": {"type": ["string", "null"],
+                   "description": "the model that scored the rows (null when expired)"},
+         "model_version": {"type": ["integer", "null"], "minimum": 1,
+                           "description": "its version"},
          "columns": _layout(ScoreChunk.COLUMNS, {
              "ad_id": "ad ids [rows]", "bid": "their bids [rows]",
              "score": "CTR per row, same rows as ad_id"})},
@@ -226,6 +230,12 @@ def score_result() -> Schema:
             "n_scored": _int(0, INT64_MAX, "candidates that were scored"),
             "reason": {"type": ["string", "null"],
                        "description": "why not ok: names the field for rejected"},
+            "model": {"type": ["string", "null"],
+                      "description": "the model that scored the candidates (null if none)"},
+            "model_version": {"type": ["integer", "null"], "minimum": 1,
+                              "description": "the version that scored them; the highest when "
+                                             "a request's chunks met different versions "
+                                             "(during a swap, three-hop topology)"},
         },
         ["request_id", "status", "ad_id", "bid", "score"],
     )

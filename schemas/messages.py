@@ -269,6 +269,8 @@ class ScoreChunk(_ChunkHeader):
     ad_id: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     bid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     score: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    model: str | None = None  # the model and version that scored it (None when expired)
+    model_version: int | None = None
 
     COLUMNS: ClassVar[dict[str, tuple[str, int]]] = {
         "ad_id": ("<i8", 1), "bid": ("<f4", 1), "score": ("<f4", 1)}
@@ -276,6 +278,8 @@ class ScoreChunk(_ChunkHeader):
     def to_wire(self) -> dict[str, Any]:
         d = self._header_wire()
         d["status"] = self.status
+        d["model"] = self.model
+        d["model_version"] = self.model_version
         return d
 
     @classmethod
@@ -288,7 +292,9 @@ class ScoreChunk(_ChunkHeader):
         n = ad_id.shape[0]
         return cls(**h, status=status, ad_id=ad_id,
                    bid=_column(d, "bid", n, dtype="<f4", ndim=1),
-                   score=_column(d, "score", n, dtype="<f4", ndim=1))
+                   score=_column(d, "score", n, dtype="<f4", ndim=1),
+                   model=_str(d, "model", required=False),
+                   model_version=_opt_int(d, "model_version"))
 
 
 @dataclass(eq=False)
@@ -304,6 +310,8 @@ class ScoreResult:
     n_candidates: int = 0
     n_scored: int = 0
     reason: str | None = None
+    model: str | None = None  # the model and version that scored it (None if none scored)
+    model_version: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -315,6 +323,8 @@ class ScoreResult:
             "n_candidates": self.n_candidates,
             "n_scored": self.n_scored,
             "reason": self.reason,
+            "model": self.model,
+            "model_version": self.model_version,
         }
 
     @classmethod
@@ -334,6 +344,8 @@ class ScoreResult:
             n_candidates=_int(d, "n_candidates", 0),
             n_scored=_int(d, "n_scored", 0),
             reason=reason if isinstance(reason, str) else None,
+            model=_str(d, "model", required=False),
+            model_version=_opt_int(d, "model_version"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -348,6 +360,8 @@ class ScoreResult:
         ]
         if self.reason:
             out["reason"] = self.reason
+        if self.model is not None:
+            out["model"], out["model_version"] = self.model, self.model_version
         return out
 
 

@@ -44,15 +44,15 @@ class FusedFeaturesScorer(Handler):
         results, live = await self.features.prepare(records)
         if not live:
             return results
-        scores = await self.scorer.score([Rows(p.dense, p.sparse, p.deadline_ms,
-                                               p.request.priority) for p in live])
+        scores, versions = await self.scorer.score(
+            [Rows(p.dense, p.sparse, p.deadline_ms, p.request.priority) for p in live])
         slice_ = TimeSlice()
-        for p, sc in zip(live, scores, strict=True):
+        for p, sc, v in zip(live, scores, versions, strict=True):
             await slice_.check()
-            results[p.index] = [self._answer(p, sc)]
+            results[p.index] = [self._answer(p, sc, v)]
         return results
 
-    def _answer(self, p: Prepared, scores: np.ndarray) -> Outgoing:
+    def _answer(self, p: Prepared, scores: np.ndarray, version: int) -> Outgoing:
         """The ranked ScoreResult of a request whose candidates were all scored here."""
         req = p.request
         ad_id = req.candidates["ad_id"].astype("<i8", copy=False)
@@ -60,7 +60,8 @@ class FusedFeaturesScorer(Handler):
         top = rank(ad_id, bid, scores, req.top_k)
         result = ScoreResult(req.request_id, "ok", ad_id=ad_id[top], bid=bid[top],
                              score=scores[top].astype(np.float32, copy=False),
-                             n_candidates=req.n_candidates, n_scored=req.n_candidates)
+                             n_candidates=req.n_candidates, n_scored=req.n_candidates,
+                             model=self.scorer.models.name, model_version=version)
         headers = dict(p.headers)
         headers[H.SCHEMA] = RESULT_SCHEMA.encode()
         return Outgoing(self.features.reply_topic(req.reply_to), encode(result),

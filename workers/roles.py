@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import structlog
 
 from pipeline.actor import Actor, Handler
@@ -20,6 +21,7 @@ from workers.feature_actor import FeatureActor
 from workers.features import FeaturePipeline
 from workers.fused import FusedFeaturesScorer
 from workers.model_repo import ModelSpec, load_model
+from workers.model_versions import ModelVersions
 from workers.scorer import ScoringWorker
 from workers.settings import Settings
 
@@ -50,9 +52,10 @@ def feature_pipeline(settings: Settings, spec: ModelSpec) -> FeaturePipeline:
         Path(settings.features.spec) if settings.features.spec else None)
 
 
-def scoring_batcher(settings: Settings, spec: ModelSpec,
-                    metrics: Metrics | None = None) -> DynamicBatcher:
-    """One batcher over ``instances`` backends (each its own onnxruntime session or stream)."""
+def scoring_version(settings: Settings, spec: ModelSpec, metrics: Metrics | None = None
+                    ) -> tuple[DynamicBatcher, list[Callable[..., np.ndarray]]]:
+    """One version's batcher over ``instances`` backends (each its own onnxruntime session
+    or stream) plus its spill instances, and the score functions of all of them."""
     from workers.backends import create_backend
 
     sc, c = settings.scorer, spec.config
@@ -81,11 +84,41 @@ def scoring_batcher(settings: Settings, spec: ModelSpec,
             batcher.stats.spilled_batches, batcher.stats.spilled_rows))
         metrics.watch_gpu_pool(pool_stats)
         kinds = sorted({type(b).__name__ for b in backends})
-        detail = f"{spec.name} version {spec.version}: {instances} x {', '.join(kinds)}"
+        detail = f"{instances} x {', '.join(kinds)}"
         if spill:
             detail += f", spill {len(spill)} x {type(spill[0]).__name__}"
+        _INSTANCES[(spec.name, spec.version)] = detail
+    return batcher, [b.score for b in [*backends, *spill]]
+
+
+_INSTANCES: dict[tuple[str, int], str] = {}  # what each loaded version runs on (readiness)
+
+
+def scoring_batcher(settings: Settings, spec: ModelSpec,
+                    metrics: Metrics | None = None) -> DynamicBatcher:
+    """One version's batcher (see :func:`scoring_version`)."""
+    batcher, _ = scoring_version(settings, spec, metrics)
+    if metrics is not None:
+        detail = f"{spec.name} version {spec.version}: {_INSTANCES[(spec.name, spec.version)]}"
         metrics.add_check("model", lambda: Check(True, detail))
     return batcher
+
+
+def scoring_models(settings: Settings, spec: ModelSpec,
+                   metrics: Metrics | None = None) -> ModelVersions:
+    """The scorer's model versions, starting from ``spec``; new ones are built the same way."""
+    sc = settings.scorer
+    models = ModelVersions(Path(sc.model_repo), spec,
+                           lambda sp: scoring_version(settings, sp, metrics),
+                           pinned=sc.version or None)
+    if metrics is not None:
+        def check() -> Check:
+            v = models.serving.spec
+            return Check(True, f"{v.name} version {v.version} serving "
+                               f"({_INSTANCES.get((v.name, v.version), '?')}); loaded "
+                               f"{sorted(models.loaded)}")
+        metrics.add_check("model", check)
+    return models
 
 
 def build_handler(role: str, settings: Settings, transport: Transport,
@@ -100,7 +133,7 @@ def build_handler(role: str, settings: Settings, transport: Transport,
         return features
     if role in ("scorer", "fused"):
         spec = model_spec(settings)
-        scorer = ScoringWorker(settings, scoring_batcher(settings, spec, metrics),
+        scorer = ScoringWorker(settings, scoring_models(settings, spec, metrics),
                                n_dense=len(spec.config.dense_features),
                                n_sparse=len(spec.config.sparse_features))
         if role == "scorer":

@@ -23,6 +23,7 @@ from schemas.messages import (
     first_nonfinite_row,
     schema_name,
 )
+from workers.model_versions import ModelVersions
 from workers.replies import dead_letter
 from workers.settings import Settings
 
@@ -45,19 +46,26 @@ class ScoringWorker(Handler):
     name = "scorer"
     ordered = True
 
-    def __init__(self, settings: Settings, batcher: DynamicBatcher, n_dense: int,
+    def __init__(self, settings: Settings, models: ModelVersions, n_dense: int,
                  n_sparse: int) -> None:
         self.s = settings
-        self.batcher = batcher
+        self.models = models
         self.n_dense = n_dense
         self.n_sparse = n_sparse
         self.expired = 0
 
+    @property
+    def batcher(self) -> DynamicBatcher:
+        """The serving version's batcher."""
+        return self.models.serving.batcher
+
     async def open(self, tg: asyncio.TaskGroup, send: Send) -> None:
-        tg.create_task(self.batcher.run())
+        self.models.start(tg)
+        if self.s.scorer.poll_s > 0:
+            tg.create_task(self.models.poll(self.s.scorer.poll_s))
 
     async def close(self) -> None:
-        self.batcher.close()
+        self.models.close()
 
     async def handle(self, records: Sequence[Record]) -> list[Result]:
         results: list[Result] = [[] for _ in records]
@@ -80,41 +88,44 @@ class ScoringWorker(Handler):
                 live.append((i, chunk))
         live = self._finite(live, results)
         if live:
-            scores = await self.score([Rows(c.dense, c.sparse, c.deadline_ms, c.priority)
-                                       for _, c in live])
-            for (i, chunk), sc in zip(live, scores, strict=True):
+            scores, versions = await self.score(
+                [Rows(c.dense, c.sparse, c.deadline_ms, c.priority) for _, c in live])
+            for (i, chunk), sc, v in zip(live, scores, versions, strict=True):
                 await slice_.check()
-                results[i] = [self._output(records[i], chunk, sc)]
+                results[i] = [self._output(records[i], chunk, sc, v)]
         return results
 
-    async def score(self, parts: Sequence[Rows]) -> list[np.ndarray]:
-        """Scores of every part, from as few batcher submissions as the row limit allows:
-        parts are joined (highest priority first) into submissions of at most
-        ``max_rows`` rows each, and the scores split back."""
+    async def score(self, parts: Sequence[Rows]) -> tuple[list[np.ndarray], list[int]]:
+        """Scores of every part, and the model version that scored it, from as few batcher
+        submissions as the row limit allows: parts are joined (highest priority first) into
+        submissions of at most ``max_rows`` rows each, and the scores split back. A part
+        split over submissions that met different versions (a swap) reports the highest."""
         groups = _group(parts, self.batcher.max_rows)
         now_ms, now = time.time() * 1000, time.monotonic()
         outs = await asyncio.gather(*(self._submit(parts, g, now_ms, now) for g in groups))
         pieces: list[list[np.ndarray]] = [[] for _ in parts]
-        for g, out in zip(groups, outs, strict=True):
+        versions = [0] * len(parts)
+        for g, (out, version) in zip(groups, outs, strict=True):
             at = 0
             for i, lo, hi in g:
                 pieces[i].append(out[at:at + hi - lo])
+                versions[i] = max(versions[i], version)
                 at += hi - lo
         return [p[0] if len(p) == 1 else
-                np.concatenate(p) if p else np.zeros(0, np.float32) for p in pieces]
+                np.concatenate(p) if p else np.zeros(0, np.float32) for p in pieces], versions
 
     async def _submit(self, parts: Sequence[Rows], group: list[tuple[int, int, int]],
-                      now_ms: float, now: float) -> np.ndarray:
+                      now_ms: float, now: float) -> tuple[np.ndarray, int]:
         dense = [parts[i].dense[lo:hi] for i, lo, hi in group]
         sparse = [parts[i].sparse[lo:hi] for i, lo, hi in group]
         deadlines = [d for i, _, _ in group if (d := parts[i].deadline_ms) is not None]
         deadline = now + (min(deadlines) - now_ms) / 1000 if deadlines else None
-        return await self.batcher.submit(dense, sparse, deadline=deadline,
-                                         priority=parts[group[0][0]].priority,
-                                         count=len({i for i, _, _ in group}))
+        return await self.models.submit(dense, sparse, deadline=deadline,
+                                        priority=parts[group[0][0]].priority,
+                                        count=len({i for i, _, _ in group}))
 
-    def _output(self, record: Record, chunk: FeatureChunk, scores: np.ndarray | None
-                ) -> Outgoing:
+    def _output(self, record: Record, chunk: FeatureChunk, scores: np.ndarray | None,
+                version: int | None = None) -> Outgoing:
         if scores is None:
             status, ad_id, bid, score = "expired", _NO_IDS, _NO_FLOATS, _NO_FLOATS
         else:
@@ -123,7 +134,8 @@ class ScoringWorker(Handler):
         out = ScoreChunk(
             request_id=chunk.request_id, chunk=chunk.chunk, n_chunks=chunk.n_chunks,
             n_candidates=chunk.n_candidates, top_k=chunk.top_k, reply_to=chunk.reply_to,
-            deadline_ms=chunk.deadline_ms, status=status, ad_id=ad_id, bid=bid, score=score)
+            deadline_ms=chunk.deadline_ms, status=status, ad_id=ad_id, bid=bid, score=score,
+            model=self.models.name if version else None, model_version=version or None)
         key = record.key if self.s.features.key == "user" else chunk.request_id.encode()
         return Outgoing(self.s.topics.scores, encode(out), key=key,
                         headers=H.carry(record.headers, SCORE_SCHEMA))

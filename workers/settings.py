@@ -39,7 +39,8 @@ class FeaturesSection:
 class ScorerSection:
     model_repo: str = setting("models", nonempty=True)  # Triton-style repository: <name>/<version>/model.onnx
     model: str = setting("ctr", nonempty=True)  # model name in the repository
-    version: int = setting(0, ge=0)  # 0 = the highest version in the repository
+    version: int = setting(0, ge=0)  # 0 = the highest version the model's version policy serves; N = pin version N
+    poll_s: float = setting(0.0, ge=0)  # how often the scorer re-reads the repository to load/unload versions (hot swap); 0 = never
     backend: str = setting("", choices=("", *BACKENDS))  # empty = the model's config.toml
     max_batch_rows: int = setting(0, ge=0)  # 0 = the model's config.toml
     max_wait_ms: float = -1.0  # <0 = the model's config.toml
