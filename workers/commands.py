@@ -267,6 +267,32 @@ def cmd_model_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_admin(args: argparse.Namespace) -> int:
+    """``adstream model load|unload|versions``: one call to a running scorer's admin route."""
+    import urllib.error
+    import urllib.request
+
+    body = {} if args.version is None else {"version": args.version}
+    route = {"load": "load", "unload": "unload", "versions": "versions"}[args.model_command]
+    url = f"{args.url.rstrip('/')}/admin/model/{route}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as answer:
+            print(answer.read().decode().strip())
+            return 0
+    except urllib.error.HTTPError as e:
+        try:
+            reason = json.loads(e.read()).get("error", e.reason)
+        except (json.JSONDecodeError, AttributeError):
+            reason = e.reason
+        print(f"adstream model {args.model_command}: {url}: {reason}", file=sys.stderr)
+    except (urllib.error.URLError, OSError) as e:
+        print(f"adstream model {args.model_command}: cannot reach {url} ({e}); is the scorer "
+              "running with metrics.port set?", file=sys.stderr)
+    return 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from workers.demo import run_demo
 
@@ -373,6 +399,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     quant.add_argument("--max-auc-drop", type=float, default=b.max_auc_drop,
                        help=f"refuse if AUC drops by more (default {b.max_auc_drop})")
     quant.set_defaults(func=cmd_model_quantize)
+
+    for verb, what in (("load", ("load, warm and serve a version (default: the highest the "
+                                "policy serves) in a running scorer")),
+                       ("unload", ("stop a version in a running scorer (the highest other "
+                                  "loaded one serves)")),
+                       ("versions", "which versions a running scorer holds and serves")):
+        p = msub.add_parser(verb, help=what)
+        p.add_argument("--url", required=True,
+                       help="the scorer's endpoint, http://HOST:PORT (metrics.port)")
+        p.add_argument("--version", type=int, required=verb == "unload", default=None)
+        p.add_argument("--timeout", type=float, default=60.0)
+        p.set_defaults(func=cmd_model_admin)
 
     config = sub.add_parser("config", parents=[common],
                             help="print the effective settings (or --reference: every setting)")

@@ -10,12 +10,13 @@ two hops less of latency and broker load; the three-hop topology stays the defau
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from pipeline import headers as H
 from pipeline.actor import Handler, Result, Send
+from pipeline.admin import AdminHandler
 from pipeline.timeslice import TimeSlice
 from pipeline.transport.base import TP, Outgoing, Record
 from schemas.messages import ScoreResult, encode, schema_name
@@ -66,6 +67,9 @@ class FusedFeaturesScorer(Handler):
         headers[H.SCHEMA] = RESULT_SCHEMA.encode()
         return Outgoing(self.features.reply_topic(req.reply_to), encode(result),
                         key=req.request_id.encode(), headers=headers)
+
+    def admin_routes(self) -> Mapping[str, AdminHandler]:
+        return self.scorer.admin_routes()
 
     def revoked(self, tps: set[TP]) -> None:
         self.features.revoked(tps)

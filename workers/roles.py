@@ -10,6 +10,7 @@ import numpy as np
 import structlog
 
 from pipeline.actor import Actor, Handler
+from pipeline.admin import AdminRoutes
 from pipeline.batcher import DynamicBatcher
 from pipeline.endpoint import keep_fresh, start_server
 from pipeline.kafka_clients import kafka_options
@@ -189,10 +190,14 @@ async def run_roles(
     transport = transport or transport_for(settings)
     if metrics is None and settings.metrics.port:
         metrics = Metrics()
-    server = start_server(metrics, settings.metrics) if metrics and settings.metrics.port \
-        else None
+    admin = AdminRoutes()
+    server = start_server(metrics, settings.metrics, admin) \
+        if metrics and settings.metrics.port else None
     try:
         actors = [build_actor(r, settings, transport, middleware, metrics) for r in roles]
+        for a in actors:
+            for name, route in a.handler.admin_routes().items():
+                admin.add(name, route)
         finished = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             runs = [tg.create_task(a.run(stop)) for a in actors]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from pipeline import headers as H
 from pipeline.actor import Handler, Result, Send
+from pipeline.admin import AdminHandler
 from pipeline.batcher import DynamicBatcher
 from pipeline.timeslice import TimeSlice
 from pipeline.transport.base import Outgoing, Record
@@ -66,6 +68,25 @@ class ScoringWorker(Handler):
 
     async def close(self) -> None:
         self.models.close()
+
+    def admin_routes(self) -> Mapping[str, AdminHandler]:
+        """``model/versions``, ``model/load`` and ``model/unload`` (body ``{"version": N}``)."""
+        return {"model/versions": self._versions, "model/load": self._load,
+                "model/unload": self._unload}
+
+    async def _versions(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        m = self.models
+        return {"model": m.name, "serving": m.serving.version, "loaded": sorted(m.loaded)}
+
+    async def _load(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        await self.models.load(_version(body, required=False))
+        return await self._versions(body)
+
+    async def _unload(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        version = _version(body, required=True)
+        assert version is not None
+        await self.models.unload(version)
+        return await self._versions(body)
 
     async def handle(self, records: Sequence[Record]) -> list[Result]:
         results: list[Result] = [[] for _ in records]
@@ -172,6 +193,15 @@ class ScoringWorker(Handler):
 
     def dead_letter(self, record: Record, error: Exception) -> list[Outgoing]:
         return [dead_letter(record, error, self.name, self.s.topics.dlq)]
+
+
+def _version(body: Mapping[str, Any], *, required: bool) -> int | None:
+    v = body.get("version")
+    if v is None and not required:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"'version' must be a version number >= 1, got {v!r}")
+    return v
 
 
 def _group(parts: Sequence[Rows], max_rows: int) -> list[list[tuple[int, int, int]]]:
