@@ -186,6 +186,8 @@ def feature_chunk() -> Schema:
         "'<request_id>:<chunk>' (or user_id with features.key = 'user'). " + FRAME,
         {**_chunk_fields(),
          "priority": _int(0, PRIORITY_MAX, "the request's priority"),
+         "user_id": {"type": ["string", "null"],
+                     "description": "the request's user_id (sticky A/B splits)"},
          "columns": _layout(FeatureChunk.COLUMNS, {
              "ad_id": "ad ids of this chunk [rows]", "bid": "their bids [rows]",
              "dense": "dense model inputs [rows, n_dense], finite",

@@ -233,6 +233,7 @@ class FeatureChunk(_ChunkHeader):
 
     TYPE: ClassVar[str] = "FeatureChunk"
     priority: int = 0
+    user_id: str | None = None  # the request's user (sticky A/B splits at the scorer)
     ad_id: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     bid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     dense: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
@@ -245,6 +246,7 @@ class FeatureChunk(_ChunkHeader):
     def to_wire(self) -> dict[str, Any]:
         d = self._header_wire()
         d["priority"] = self.priority
+        d["user_id"] = self.user_id
         return d
 
     @classmethod
@@ -254,7 +256,8 @@ class FeatureChunk(_ChunkHeader):
         h = cls._header(d)
         ad_id = _column(d, "ad_id", None, dtype="<i8", ndim=1)
         n = ad_id.shape[0]
-        return cls(**h, priority=_int(d, "priority", 0, lo=0, hi=PRIORITY_MAX), ad_id=ad_id,
+        return cls(**h, priority=_int(d, "priority", 0, lo=0, hi=PRIORITY_MAX),
+                   user_id=_str(d, "user_id", required=False), ad_id=ad_id,
                    bid=_column(d, "bid", n, dtype="<f4", ndim=1),
                    dense=_column(d, "dense", n, dtype="<f4", ndim=2),
                    sparse=_column(d, "sparse", n, dtype="<i8", ndim=2))

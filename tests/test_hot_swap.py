@@ -65,6 +65,12 @@ async def _replay(settings: Settings, repo: Path, rate: float, timeout_ms: int,
     now = int(time.time() * 1000)
     reqs = [request_from_json(d, now) for d in
             generate(n, seed=21, candidates="uniform:10,60", timeout_ms=timeout_ms)]
+    async with ResultWaiter(transport, settings.topics.results) as waiter:  # warm up
+        warmups = [request_from_json(d, now) for d in
+                   generate(10, seed=22, candidates="uniform:10,60", timeout_ms=30_000)]
+        futures = [waiter.expect(r.request_id) for r in warmups]
+        await send_requests(producer, warmups, settings.topics.requests)
+        await asyncio.wait(futures, timeout=30)
     out = Replay()
     phase = "v1"
 
@@ -141,7 +147,7 @@ async def test_versions_swap_in_and_roll_back_on_the_memory_broker(
     s.features.chunk_rows = 32
     s.topics.partitions = 2
     try:
-        replay = await _replay(s, repo, rate=40, timeout_ms=5000, seconds=(1.5, 2.0, 2.5))
+        replay = await _replay(s, repo, rate=40, timeout_ms=5000, seconds=(1.5, 3.0, 2.5))
     finally:
         MemoryBroker.drop(name)
     assert all(x.future.done() for x in replay.sent)

@@ -46,7 +46,8 @@ class FusedFeaturesScorer(Handler):
         if not live:
             return results
         scores, versions = await self.scorer.score(
-            [Rows(p.dense, p.sparse, p.deadline_ms, p.request.priority) for p in live])
+            [Rows(p.dense, p.sparse, p.deadline_ms, p.request.priority, p.request.user_id)
+             for p in live])
         slice_ = TimeSlice()
         for p, sc, v in zip(live, scores, versions, strict=True):
             await slice_.check()

@@ -55,8 +55,9 @@ class ModelVersions:
     """The versions of one model a scorer holds; :attr:`serving` takes new submissions."""
 
     def __init__(self, repo: Path, initial: ModelSpec, build: BuildBatcher,
-                 pinned: int | None = None) -> None:
+                 pinned: int | None = None, extra: frozenset[int] = frozenset()) -> None:
         self.repo, self.name, self.pinned = Path(repo), initial.name, pinned
+        self.extra = extra  # loaded for A/B or shadow traffic, never the serving version
         self._build = build
         batcher, _ = build(initial)
         self.loaded: dict[int, Loaded] = {initial.version: Loaded(initial, batcher)}
@@ -145,7 +146,8 @@ class ModelVersions:
 
     def _choose(self) -> None:
         best = self.loaded.get(self.pinned) if self.pinned else None
-        best = best or self.loaded[max(self.loaded)]
+        candidates = set(self.loaded) - self.extra or set(self.loaded)
+        best = best or self.loaded[max(candidates)]
         if best is not self.serving:
             self.swaps += 1
             self.serving = best
@@ -163,6 +165,7 @@ class ModelVersions:
                 return False
             if self.pinned:
                 wanted = {self.pinned} & (wanted | set(self.loaded))
+            wanted |= self.extra & set(self.loaded)
             changed = False
             for v in sorted(wanted - set(self.loaded)):
                 try:

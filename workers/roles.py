@@ -109,9 +109,10 @@ def scoring_models(settings: Settings, spec: ModelSpec,
                    metrics: Metrics | None = None) -> ModelVersions:
     """The scorer's model versions, starting from ``spec``; new ones are built the same way."""
     sc = settings.scorer
+    extra = frozenset(v for v in (sc.ab_version, sc.shadow_version) if v)
     models = ModelVersions(Path(sc.model_repo), spec,
                            lambda sp: scoring_version(settings, sp, metrics),
-                           pinned=sc.version or None)
+                           pinned=sc.version or None, extra=extra)
     if metrics is not None:
         def check() -> Check:
             v = models.serving.spec
@@ -137,6 +138,9 @@ def build_handler(role: str, settings: Settings, transport: Transport,
         scorer = ScoringWorker(settings, scoring_models(settings, spec, metrics),
                                n_dense=len(spec.config.dense_features),
                                n_sparse=len(spec.config.sparse_features))
+        if metrics is not None and scorer.shadow is not None:
+            scorer.on_shadow = metrics.shadow_observer(
+                spec.name, str(spec.version), str(scorer.shadow.version))
         if role == "scorer":
             if metrics is not None:
                 metrics.watch_counts(role, lambda: {"expired": scorer.expired})

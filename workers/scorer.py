@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import structlog
 
 from pipeline import headers as H
 from pipeline.actor import Handler, Result, Send
@@ -25,11 +26,13 @@ from schemas.messages import (
     first_nonfinite_row,
     schema_name,
 )
+from workers.model_routing import ShadowSummary, Split
 from workers.model_versions import ModelVersions
 from workers.replies import dead_letter
 from workers.settings import Settings
 
 SCORE_SCHEMA = schema_name(ScoreChunk.TYPE)
+log = structlog.get_logger("adstream.scorer")
 _NO_IDS = np.zeros(0, np.int64)  # an expired chunk's (read-only, shared) empty columns
 _NO_FLOATS = np.zeros(0, np.float32)
 
@@ -42,6 +45,7 @@ class Rows:
     sparse: np.ndarray
     deadline_ms: int | None
     priority: int
+    user_id: str | None = None
 
 
 class ScoringWorker(Handler):
@@ -55,6 +59,12 @@ class ScoringWorker(Handler):
         self.n_dense = n_dense
         self.n_sparse = n_sparse
         self.expired = 0
+        sc = settings.scorer
+        self.split = Split(sc.ab_version, sc.ab_fraction) if sc.ab_version else None
+        self.shadow = ShadowSummary(sc.shadow_version, sc.shadow_every) \
+            if sc.shadow_version else None
+        self.on_shadow: Callable[[np.ndarray], None] | None = None  # |Δscore| per row
+        self._tg: asyncio.TaskGroup | None = None
 
     @property
     def batcher(self) -> DynamicBatcher:
@@ -62,11 +72,17 @@ class ScoringWorker(Handler):
         return self.models.serving.batcher
 
     async def open(self, tg: asyncio.TaskGroup, send: Send) -> None:
+        self._tg = tg
         self.models.start(tg)
+        for extra in sorted(self.models.extra):  # the A/B and shadow versions
+            await self.models.load(extra)
         if self.s.scorer.poll_s > 0:
             tg.create_task(self.models.poll(self.s.scorer.poll_s))
 
     async def close(self) -> None:
+        if self.shadow is not None:
+            log.info("shadow summary", model=self.models.name,
+                     serving=self.models.serving.version, **self.shadow.report())
         self.models.close()
 
     def admin_routes(self) -> Mapping[str, AdminHandler]:
@@ -76,7 +92,13 @@ class ScoringWorker(Handler):
 
     async def _versions(self, body: Mapping[str, Any]) -> dict[str, Any]:
         m = self.models
-        return {"model": m.name, "serving": m.serving.version, "loaded": sorted(m.loaded)}
+        out: dict[str, Any] = {"model": m.name, "serving": m.serving.version,
+                               "loaded": sorted(m.loaded)}
+        if self.split is not None:
+            out["ab"] = {"version": self.split.version, "fraction": self.split.fraction}
+        if self.shadow is not None:
+            out["shadow"] = self.shadow.report()
+        return out
 
     async def _load(self, body: Mapping[str, Any]) -> dict[str, Any]:
         await self.models.load(_version(body, required=False))
@@ -110,7 +132,8 @@ class ScoringWorker(Handler):
         live = self._finite(live, results)
         if live:
             scores, versions = await self.score(
-                [Rows(c.dense, c.sparse, c.deadline_ms, c.priority) for _, c in live])
+                [Rows(c.dense, c.sparse, c.deadline_ms, c.priority, c.user_id)
+                 for _, c in live])
             for (i, chunk), sc, v in zip(live, scores, versions, strict=True):
                 await slice_.check()
                 results[i] = [self._output(records[i], chunk, sc, v)]
@@ -121,9 +144,19 @@ class ScoringWorker(Handler):
         submissions as the row limit allows: parts are joined (highest priority first) into
         submissions of at most ``max_rows`` rows each, and the scores split back. A part
         split over submissions that met different versions (a swap) reports the highest."""
-        groups = _group(parts, self.batcher.max_rows)
+        arms: dict[int | None, list[int]] = {}
+        for i, p in enumerate(parts):
+            arm = self.split.version_for(p.user_id) if self.split else None
+            arms.setdefault(arm, []).append(i)
+        groups: list[list[tuple[int, int, int]]] = []
+        targets: list[int | None] = []
+        for arm, members in arms.items():
+            for g in _group([parts[i] for i in members], self.batcher.max_rows):
+                groups.append([(members[j], lo, hi) for j, lo, hi in g])
+                targets.append(arm)
         now_ms, now = time.time() * 1000, time.monotonic()
-        outs = await asyncio.gather(*(self._submit(parts, g, now_ms, now) for g in groups))
+        outs = await asyncio.gather(*(self._submit(parts, g, now_ms, now, arm)
+                                      for g, arm in zip(groups, targets, strict=True)))
         pieces: list[list[np.ndarray]] = [[] for _ in parts]
         versions = [0] * len(parts)
         for g, (out, version) in zip(groups, outs, strict=True):
@@ -136,14 +169,34 @@ class ScoringWorker(Handler):
                 np.concatenate(p) if p else np.zeros(0, np.float32) for p in pieces], versions
 
     async def _submit(self, parts: Sequence[Rows], group: list[tuple[int, int, int]],
-                      now_ms: float, now: float) -> tuple[np.ndarray, int]:
+                      now_ms: float, now: float, arm: int | None = None
+                      ) -> tuple[np.ndarray, int]:
         dense = [parts[i].dense[lo:hi] for i, lo, hi in group]
         sparse = [parts[i].sparse[lo:hi] for i, lo, hi in group]
         deadlines = [d for i, _, _ in group if (d := parts[i].deadline_ms) is not None]
         deadline = now + (min(deadlines) - now_ms) / 1000 if deadlines else None
-        return await self.models.submit(dense, sparse, deadline=deadline,
-                                        priority=parts[group[0][0]].priority,
-                                        count=len({i for i, _, _ in group}))
+        out, version = await self.models.submit(dense, sparse, version=arm, deadline=deadline,
+                                                priority=parts[group[0][0]].priority,
+                                                count=len({i for i, _, _ in group}))
+        if self.shadow is not None and self._tg is not None and self.shadow.take():
+            self._tg.create_task(self._score_shadow(dense, sparse, out))
+        return out, version
+
+    async def _score_shadow(self, dense: list[np.ndarray], sparse: list[np.ndarray],
+                            primary: np.ndarray) -> None:
+        """The shadow version's scores of a submission the primary answered: only their
+        difference is kept. Skipped when the shadow is not loaded or its queue is full."""
+        assert self.shadow is not None
+        shadow = self.models.loaded.get(self.shadow.version)
+        b = shadow.batcher if shadow else None
+        if b is None or b.closed or b.queued_rows + len(primary) > b.max_queue_rows:
+            self.shadow.skipped += 1
+            return
+        out, _ = await self.models.submit(dense, sparse, version=self.shadow.version)
+        delta = np.abs(out.astype(np.float64) - primary)
+        self.shadow.add(delta)
+        if self.on_shadow is not None:
+            self.on_shadow(delta)
 
     def _output(self, record: Record, chunk: FeatureChunk, scores: np.ndarray | None,
                 version: int | None = None) -> Outgoing:
