@@ -16,6 +16,7 @@ from helpers import DirectScorer, assert_same_answer
 from inprocess import kafka_settings
 
 from loadtest.generate import generate
+from pipeline.metrics import Metrics
 from pipeline.transport.memory import MemoryBroker
 from schemas import ScoreRequest
 from schemas.json_form import request_from_json
@@ -161,7 +162,8 @@ async def test_load_unload_and_policies(swap_repos: tuple[Path, Path]) -> None:
     s = Settings()
     s.scorer.model_repo = str(repo)
     spec = load_model(repo, "ctr")
-    models = ModelVersions(repo, spec, lambda sp: scoring_version(s, sp))
+    metrics = Metrics()
+    models = ModelVersions(repo, spec, lambda sp: scoring_version(s, sp, metrics))
     dense = np.zeros((4, 13), np.float32)
     sparse = np.zeros((4, 26), np.int64)
     async with asyncio.TaskGroup() as tg:
@@ -176,6 +178,9 @@ async def test_load_unload_and_policies(swap_repos: tuple[Path, Path]) -> None:
         out3, v = await models.submit(dense, sparse)
         out2, v2 = await models.submit(dense, sparse, version=2)  # an explicit version
         assert (v, v2) == (3, 2) and not np.array_equal(out2, out3)
+        batches = next(m for m in metrics.collect() if m.name == "adstream_batch_rows")
+        assert {x.labels["version"] for x in batches.samples
+                if x.name.endswith("_count") and x.value > 0} == {"1", "2", "3"}
         await models.unload(3)
         assert models.serving.version == 2
         with pytest.raises(ValueError, match="only one loaded"):
