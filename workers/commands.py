@@ -370,7 +370,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=cmd_model_build)
 
-    from workers.quantize import MODES, Bounds
+    from workers.quantize_bounds import MODES, Bounds
 
     b = Bounds()
     quant = msub.add_parser(

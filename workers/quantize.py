@@ -31,9 +31,9 @@ from workers.backends.onnx_cpu import session_options
 from workers.features import FeaturePipeline
 from workers.model_inputs import InputBinding
 from workers.model_repo import MODEL_FILE, ModelRepositoryError, ModelSpec, list_versions
+from workers.quantize_bounds import MODES, Bounds
 from workers.ranking import rank
 
-MODES = ("dynamic", "static")
 REPORT_FILE = "quantization.json"
 STATIC_OPS = ("Gemm", "MatMul", "Relu", "Concat", "Gather")  # per-channel int8 weights
 """Quantized in static mode; the Sigmoid stays float so CTRs keep their resolution."""
@@ -41,20 +41,6 @@ STATIC_OPS = ("Gemm", "MatMul", "Relu", "Concat", "Gather")  # per-channel int8 
 
 class QuantizationRefused(ValueError):
     """The quantized candidate missed an accuracy bound; nothing was written."""
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """The most an INT8 version may differ from FP32 and still be accepted.
-
-    The defaults guard ranking (top-K overlap, AUC) and catch a broken model (|Δscore|);
-    the reference model's INT8 versions differ by a p99 |Δscore| of about 0.05, so a
-    stricter |Δscore| bound refuses them."""
-
-    max_abs_delta: float = 0.25
-    p99_abs_delta: float = 0.1
-    min_top_k_overlap: float = 0.9
-    max_auc_drop: float = 0.005
 
 
 @dataclass(frozen=True)
