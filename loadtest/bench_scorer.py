@@ -39,6 +39,7 @@ from schemas.messages import FeatureChunk, encode
 from workers.backends import ScoringBackend, create_backend
 from workers.model_build import build_reference_model
 from workers.model_repo import ModelSpec, load_model
+from workers.model_versions import ModelVersions
 from workers.roles import transport_for
 from workers.scorer import ScoringWorker
 from workers.settings import Settings
@@ -107,7 +108,8 @@ async def _run_worker(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarr
     backends = [_backend(spec, args) for _ in range(args.instances)]
     batcher = DynamicBatcher([b.score for b in backends], max_rows=args.max_batch_rows,
                              max_wait_ms=args.max_wait_ms, max_queue_rows=4 * args.max_batch_rows)
-    worker = ScoringWorker(s, batcher, len(spec.config.dense_features),
+    models = ModelVersions(spec.path.parent.parent.parent, spec, lambda _: (batcher, []))
+    worker = ScoringWorker(s, models, len(spec.config.dense_features),
                            len(spec.config.sparse_features))
     actor = Actor(transport, worker, f"bench-{s.topics.features}", [s.topics.features],
                   ActorSection(

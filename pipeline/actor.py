@@ -16,13 +16,14 @@ import asyncio
 import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from pipeline import headers
+from pipeline.admin import AdminHandler
 from pipeline.config import ActorSection
 from pipeline.flow import FlowControl
 from pipeline.middleware import Middleware
@@ -107,6 +108,10 @@ class Handler(ABC):
 
     async def assigned(self, tps: set[TP]) -> None:
         """``tps`` were assigned; called before any of their records is handled."""
+
+    def admin_routes(self) -> Mapping[str, AdminHandler]:
+        """Routes this handler serves under ``/admin/<name>`` of the process's endpoint."""
+        return {}
 
     def revoked(self, tps: set[TP]) -> None:
         """``tps`` are being taken away: abandon work that waits on more input from them."""

@@ -6,6 +6,10 @@ when the oldest deadline is near, and runs the batch on a free model instance in
 thread. While every instance is busy, submissions keep accumulating, so batches grow with
 load. A submission's rows are never split across batches. The queue is bounded in rows:
 ``submit`` waits when it is full, which is the backpressure the actor's budget sees.
+
+Spill (optional): a second set of instances (e.g. CPU sessions beside a GPU) that takes a
+batch only while every primary instance is busy and the queue has stayed above
+``spill_queue_rows`` for ``spill_after_ms``; what they run is counted in ``stats``.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ class Timing:
     ended_ns: int
 
 
+class BatcherClosed(RuntimeError):
+    """The batcher was closed before it took the submission (e.g. its model was swapped
+    out); the caller may submit it elsewhere."""
+
+
 @dataclass(slots=True)
 class _Item:
     arrays: tuple[Input, ...]
@@ -67,6 +76,8 @@ class BatchStats:
     sizes: list[int] = field(default_factory=list)
     queue_wait_s: float = 0.0
     compute_s: float = 0.0
+    spilled_batches: int = 0
+    spilled_rows: int = 0
 
 
 class DynamicBatcher:
@@ -81,21 +92,34 @@ class DynamicBatcher:
         max_queue_rows: int | None = None,
         deadline_margin_ms: float = 5.0,
         on_batch: BatchObserver | None = None,
+        spill: Sequence[ModelFn] = (),
+        spill_queue_rows: int | None = None,
+        spill_after_ms: float = 5.0,
     ) -> None:
         if not instances:
             raise ValueError("the batcher needs at least one model instance")
         if max_rows <= 0 or max_wait_ms < 0:
             raise ValueError("max_rows must be > 0 and max_wait_ms >= 0")
+        if spill_after_ms < 0 or (spill_queue_rows is not None and spill_queue_rows < 0):
+            raise ValueError("spill_queue_rows and spill_after_ms must be >= 0")
         self.max_rows = max_rows
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue_rows = max_queue_rows or 4 * max_rows
         self.margin_s = deadline_margin_ms / 1000
         self.on_batch = on_batch
         self.stats = BatchStats()
-        self._models = list(instances)
+        self._models = [*instances, *spill]
+        self._n_primary = len(instances)
         self._free: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(len(self._models)):
+        for i in range(self._n_primary):
             self._free.put_nowait(i)
+        self._spill_free: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(self._n_primary, len(self._models)):
+            self._spill_free.put_nowait(i)
+        self.spill_queue_rows = max_rows if spill_queue_rows is None else spill_queue_rows
+        self.spill_after_s = spill_after_ms / 1000
+        self._over_since: float | None = None  # since when the queue is above the spill bound
+        self._released = asyncio.Event()
         self._pool = ThreadPoolExecutor(len(self._models), thread_name_prefix="model")
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
@@ -108,6 +132,10 @@ class DynamicBatcher:
     @property
     def queued_rows(self) -> int:
         return self._queued_rows
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def submit(self, *arrays: Input, deadline: float | None = None,
                      priority: int = 0, count: int = 1) -> np.ndarray:
@@ -133,10 +161,12 @@ class DynamicBatcher:
         if rows > self.max_rows:
             raise ValueError(f"{rows} rows in one submission exceed max_rows={self.max_rows}")
         if self._closed:
-            raise RuntimeError("batcher is closed")
+            raise BatcherClosed("batcher is closed")
         while self._queued_rows + rows > self.max_queue_rows and self._queued_rows:
             self._room.clear()
             await self._room.wait()
+            if self._closed:
+                raise BatcherClosed("batcher closed while the submission waited for room")
         fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         item = _Item(arrays, rows, deadline, fut, time.monotonic(), priority, count)
         if timed is not None:
@@ -144,6 +174,7 @@ class DynamicBatcher:
             timed.append(item)
         self._enqueue(item)
         self._queued_rows += rows
+        self._track_spill_bound()
         self._arrived.set()
         return await fut
 
@@ -166,7 +197,7 @@ class DynamicBatcher:
         """The collector: take an instance, gather a batch, run it; until closed and empty."""
         try:
             while True:
-                instance = await self._free.get()
+                instance = await self._acquire()
                 batch = await self._gather()
                 if batch is None:
                     break
@@ -177,6 +208,40 @@ class DynamicBatcher:
                 await asyncio.gather(*self._running)
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _track_spill_bound(self) -> None:
+        if self._queued_rows <= self.spill_queue_rows:
+            self._over_since = None
+        elif self._over_since is None:
+            self._over_since = time.monotonic()
+
+    async def _acquire(self) -> int:
+        """A free primary instance; a spill instance instead while every primary one is busy
+        and the queue has stayed above the spill bound long enough."""
+        if self._n_primary == len(self._models):
+            return await self._free.get()
+        while True:
+            if not self._free.empty():
+                return self._free.get_nowait()
+            if self._spill_free.empty() or self._closed:
+                wait: float | None = None
+            elif self._over_since is None:
+                wait = None  # the next submission or release wakes this
+            else:
+                wait = self._over_since + self.spill_after_s - time.monotonic()
+                if wait <= 0:
+                    return self._spill_free.get_nowait()
+            if self._closed and self._spill_free.qsize() == len(self._models) - self._n_primary:
+                return await self._free.get()
+            self._released.clear()
+            self._arrived.clear()
+            waiters = [asyncio.ensure_future(self._released.wait()),
+                       asyncio.ensure_future(self._arrived.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
 
     async def _gather(self) -> list[_Item] | None:
         while not self._queue:
@@ -203,6 +268,7 @@ class DynamicBatcher:
             rows += item.rows
             batch.append(item)
         self._queued_rows -= rows
+        self._track_spill_bound()
         self._room.set()
         return batch
 
@@ -233,6 +299,9 @@ class DynamicBatcher:
             self.stats.batches += 1
             rows = sum(it.rows for it in live)
             self.stats.rows += rows
+            if instance >= self._n_primary:
+                self.stats.spilled_batches += 1
+                self.stats.spilled_rows += rows
             if len(self.stats.sizes) < 100_000:
                 self.stats.sizes.append(rows)
             pos = 0
@@ -250,4 +319,5 @@ class DynamicBatcher:
                 if not it.future.done():
                     it.future.set_exception(e)
         finally:
-            self._free.put_nowait(instance)
+            (self._free if instance < self._n_primary else self._spill_free).put_nowait(instance)
+            self._released.set()

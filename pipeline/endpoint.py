@@ -1,4 +1,5 @@
-"""The HTTP endpoint of a worker process: ``/metrics``, ``/healthz`` and ``/readyz``.
+"""The HTTP endpoint of a worker process: ``/metrics``, ``/healthz``, ``/readyz`` and the
+admin routes its roles register (``POST /admin/<name>``, see :mod:`pipeline.admin`).
 
 :func:`start_server` binds ``metrics.host:metrics.port`` and answers from a daemon thread
 (a scrape never waits for the event loop); :func:`keep_fresh` runs next to the actors in
@@ -24,6 +25,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import structlog
 from prometheus_client import make_wsgi_app
 
+from pipeline.admin import AdminError, AdminRoutes
 from pipeline.config import ConfigError
 from pipeline.lag import LagReader, lag_reader
 from pipeline.metrics import Metrics, MetricsSection
@@ -52,8 +54,10 @@ class _QuietHandler(WSGIRequestHandler):
 class MetricsServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` over HTTP, served from a daemon thread."""
 
-    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+    def __init__(self, metrics: Metrics, host: str, port: int,
+                 admin: AdminRoutes | None = None) -> None:
         self.metrics = metrics
+        self.admin = admin
         self.host = host
         self.requested_port = port
         self._metrics_app = make_wsgi_app(metrics.registry)
@@ -102,15 +106,42 @@ class MetricsServer:
             ok = all(c.ok for c in checks.values())
             return _json(start_response, ok, {"ready": ok, "checks": {
                 k: {"ok": c.ok, "detail": c.detail} for k, c in checks.items()}})
+        if path.startswith("/admin") and self.admin is not None:
+            return self._admin(path.removeprefix("/admin").strip("/"), environ, start_response)
         if path == "/":
             return _json(start_response, True, {"endpoints": ["/metrics", "/healthz", "/readyz"]})
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found; try /metrics, /healthz or /readyz\n"]
 
 
-def _json(start_response: StartResponse, ok: bool, body: Mapping[str, Any]) -> list[bytes]:
+    def _admin(self, name: str, environ: WSGIEnvironment, start_response: StartResponse
+               ) -> list[bytes]:
+        assert self.admin is not None
+        if not name:
+            return _json(start_response, True, {"routes": self.admin.names})
+        if environ.get("REQUEST_METHOD") != "POST":
+            return _json(start_response, False, {"error": "use POST"}, "405 Method Not Allowed")
+        try:
+            size = int(environ.get("CONTENT_LENGTH") or 0)
+            raw = environ["wsgi.input"].read(size) if size else b"{}"
+            body = json.loads(raw)
+            if not isinstance(body, dict):
+                raise AdminError("the body must be a JSON object")
+            return _json(start_response, True, self.admin.call(name, body))
+        except json.JSONDecodeError as e:
+            return _json(start_response, False, {"error": f"body is not JSON: {e}"},
+                         "400 Bad Request")
+        except AdminError as e:
+            return _json(start_response, False, {"error": str(e)}, _STATUS[e.status])
+
+
+_STATUS = {400: "400 Bad Request", 404: "404 Not Found", 504: "504 Gateway Timeout"}
+
+
+def _json(start_response: StartResponse, ok: bool, body: Mapping[str, Any],
+          status: str = "503 Service Unavailable") -> list[bytes]:
     data = (json.dumps(body, indent=1) + "\n").encode()
-    start_response("200 OK" if ok else "503 Service Unavailable",
+    start_response("200 OK" if ok else status,
                    [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
     return [data]
 
@@ -118,12 +149,13 @@ def _json(start_response: StartResponse, ok: bool, body: Mapping[str, Any]) -> l
 # ---- running it next to the actors ---------------------------------------------------------
 
 
-def start_server(metrics: Metrics, section: MetricsSection) -> MetricsServer:
+def start_server(metrics: Metrics, section: MetricsSection,
+                 admin: AdminRoutes | None = None) -> MetricsServer:
     """Bind ``metrics.host:metrics.port`` and answer from a daemon thread (the caller stops
     it); a port that cannot be bound is a :class:`ConfigError` that says why."""
     metrics.lag_interval_s = section.lag_interval_s
     metrics.stall_after_s = section.stall_after_s
-    server = MetricsServer(metrics, section.host, section.port)
+    server = MetricsServer(metrics, section.host, section.port, admin)
     server.start()
     return server
 

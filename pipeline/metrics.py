@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import structlog
 from prometheus_client import (
     CollectorRegistry,
@@ -84,6 +85,10 @@ CATALOG: dict[str, tuple[str, str]] = {
     "adstream_consumer_lag_records": (
         "gauge", "Log end offset minus the group's committed offset, per owned partition."),
     "adstream_batch_queue_rows": ("gauge", "Rows waiting in the scorer's batch queue."),
+    "adstream_spilled_batches": ("counter", "Batches run on the spill backend."),
+    "adstream_shadow_abs_delta": (
+        "histogram", "|shadow score - served score| per row the shadow version scored."),
+    "adstream_spilled_rows": ("counter", "Rows scored on the spill backend."),
     "adstream_gpu_pool_bytes": (
         "gauge", "CuPy memory pools: device used/total/limit/peak, pinned used."),
     "adstream_gpu_pool_waits": ("counter", "Batches that waited for GPU pool memory."),
@@ -96,6 +101,8 @@ LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2
                    30.0)
 # 1, 2, 4 .. 16384 with a step between powers of two from 16 on (batch sizes near the
 # preferred sizes are told apart, and the benchmark can time the model at formed sizes)
+DELTA_BUCKETS = (1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, .01, .03, .1, .3, 1.0)
+"""|Δscore| buckets of a shadow version (CTRs lie in [0, 1])."""
 ROW_BUCKETS = tuple(sorted({float(2 ** i) for i in range(15)}
                            | {float(3 * 2 ** i) for i in range(3, 13)}))
 
@@ -127,6 +134,8 @@ class Metrics(Middleware):
         self._batches: dict[tuple[str, str], _BatchSeries] = {}
         self._counts: dict[str, Callable[[], Mapping[str, int]]] = {}
         self._queues: dict[tuple[str, str], Callable[[], int]] = {}
+        self._spills: dict[tuple[str, str], Callable[[], tuple[int, int]]] = {}
+        self._shadows: dict[tuple[str, str, str], _Histogram] = {}
         self._gpu_pool: Callable[[], Mapping[str, Any]] | None = None
         self._checks: dict[str, Callable[[], Check]] = {}
         self.broker_ok_at: float | None = None  # time.monotonic() of the last broker answer
@@ -169,6 +178,21 @@ class Metrics(Middleware):
     def watch_queue(self, model: str, version: str, queued_rows: Callable[[], int]) -> None:
         """The rows waiting in one model's batch queue, read at scrape time."""
         self._queues[(model, version)] = queued_rows
+
+    def shadow_observer(self, model: str, version: str, shadow: str
+                        ) -> Callable[[np.ndarray], None]:
+        """Records |Δscore| rows of a shadow version against the served one."""
+        hist = self._shadows.setdefault((model, version, shadow), _Histogram(DELTA_BUCKETS))
+
+        def observe(delta: np.ndarray) -> None:
+            hist.observe_many(delta)
+
+        return observe
+
+    def watch_spill(self, model: str, version: str,
+                    spilled: Callable[[], tuple[int, int]]) -> None:
+        """(batches, rows) one model's batcher ran on its spill backend, read at scrape time."""
+        self._spills[(model, version)] = spilled
 
     def watch_gpu_pool(self, stats: Callable[[], Mapping[str, Any]]) -> None:
         """CuPy pool statistics (``configured``, ``used_bytes``, …), read at scrape time."""
@@ -367,6 +391,12 @@ class Metrics(Middleware):
             for metric, attr in _BATCH_HISTOGRAMS.items():
                 getattr(b, attr).add_to(hists[metric], [model, version])
         yield from hists.values()
+        shadow = HistogramMetricFamily("adstream_shadow_abs_delta",
+                                       CATALOG["adstream_shadow_abs_delta"][1],
+                                       labels=["model", "version", "shadow_version"])
+        for labels, h in list(self._shadows.items()):
+            h.add_to(shadow, list(labels))
+        yield shadow
 
     def _gauge_families(self) -> Iterator[Metric]:
         def family(name: str, labels: list[str]) -> GaugeMetricFamily:
@@ -388,6 +418,18 @@ class Metrics(Middleware):
         for (model, version), rows in list(self._queues.items()):
             queue.add_metric([model, version], rows())
         yield queue
+
+        batches = CounterMetricFamily("adstream_spilled_batches",
+                                      CATALOG["adstream_spilled_batches"][1],
+                                      labels=["model", "version"])
+        spilled_rows = CounterMetricFamily("adstream_spilled_rows",
+                                           CATALOG["adstream_spilled_rows"][1],
+                                           labels=["model", "version"])
+        for (model, version), spilled in list(self._spills.items()):
+            n_batches, n_rows = spilled()
+            batches.add_metric([model, version], n_batches)
+            spilled_rows.add_metric([model, version], n_rows)
+        yield from (batches, spilled_rows)
 
         counts = {k: CounterMetricFamily(f"adstream_{k}", CATALOG[f"adstream_{k}"][1],
                                          labels=["actor"]) for k in HANDLER_COUNTS}
@@ -417,6 +459,13 @@ class _Histogram:
         """``n`` observations of ``value`` (a batch's records share its time)."""
         self.counts[bisect_left(self.bounds, value)] += n
         self.sum += value * n
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """Every value of ``values`` (one pass in numpy)."""
+        at = np.searchsorted(np.asarray(self.bounds), values, side="left")
+        for i, n in enumerate(np.bincount(at, minlength=len(self.counts)).tolist()):
+            self.counts[i] += n
+        self.sum += float(np.sum(values))
 
     def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
         counts, total, cumulative = list(self.counts), self.sum, 0

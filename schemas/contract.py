@@ -249,6 +249,8 @@ def feature_chunk() -> Schema:
         "'<request_id>:<chunk>' (or user_id with features.key = 'user'). " + FRAME,
         {**_chunk_fields(),
          "priority": _int(0, PRIORITY_MAX, "the request's priority"),
+         "user_id": {"type": ["string", "null"],
+                     "description": "the request's user_id (sticky A/B splits)"},
          "columns": _layout(FeatureChunk.COLUMNS, {
              "ad_id": "ad ids of this chunk [rows]", "bid": "their bids [rows]",
              "dense": "dense model inputs [rows, n_dense], finite",
@@ -264,6 +266,10 @@ def score_chunk() -> Schema:
         + FRAME,
         {**_chunk_fields(),
          "status": {"enum": ["ok", "expired"], "description": "expired carries no rows"},
+         "model": {"type": ["string", "null"],
+                   "description": "the model that scored the rows (null when expired)"},
+         "model_version": {"type": ["integer", "null"], "minimum": 1,
+                           "description": "its version"},
          "columns": _layout(ScoreChunk.COLUMNS, {
              "ad_id": "ad ids [rows]", "bid": "their bids [rows]",
              "score": "CTR per row, same rows as ad_id"})},
@@ -299,6 +305,12 @@ def score_result(as_json: bool = False) -> Schema:
             "n_scored": _int(0, INT64_MAX, "candidates that were scored"),
             "reason": {"type": ["string", "null"],
                        "description": "why not ok: names the field for rejected"},
+            "model": {"type": ["string", "null"],
+                      "description": "the model that scored the candidates (null if none)"},
+            "model_version": {"type": ["integer", "null"], "minimum": 1,
+                              "description": "the version that scored them; the highest when "
+                                             "a request's chunks met different versions "
+                                             "(during a swap, three-hop topology)"},
         },
         ["request_id", "status", "ad_id", "bid", "score"],
     )

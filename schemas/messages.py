@@ -312,6 +312,7 @@ class FeatureChunk(_ChunkHeader):
 
     TYPE: ClassVar[str] = "FeatureChunk"
     priority: int = 0
+    user_id: str | None = None  # the request's user (sticky A/B splits at the scorer)
     ad_id: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     bid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     dense: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
@@ -324,6 +325,7 @@ class FeatureChunk(_ChunkHeader):
     def to_wire(self) -> dict[str, Any]:
         d = self._header_wire()
         d["priority"] = self.priority
+        d["user_id"] = self.user_id
         return d
 
     @classmethod
@@ -333,7 +335,8 @@ class FeatureChunk(_ChunkHeader):
         h = cls._header(d)
         ad_id = _column(d, "ad_id", None, dtype="<i8", ndim=1)
         n = ad_id.shape[0]
-        return cls(**h, priority=_int(d, "priority", 0, lo=0, hi=PRIORITY_MAX), ad_id=ad_id,
+        return cls(**h, priority=_int(d, "priority", 0, lo=0, hi=PRIORITY_MAX),
+                   user_id=_str(d, "user_id", required=False), ad_id=ad_id,
                    bid=_column(d, "bid", n, dtype="<f4", ndim=1),
                    dense=_column(d, "dense", n, dtype="<f4", ndim=2),
                    sparse=_column(d, "sparse", n, dtype="<i8", ndim=2))
@@ -348,6 +351,8 @@ class ScoreChunk(_ChunkHeader):
     ad_id: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     bid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     score: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    model: str | None = None  # the model and version that scored it (None when expired)
+    model_version: int | None = None
 
     COLUMNS: ClassVar[dict[str, tuple[str, int]]] = {
         "ad_id": ("<i8", 1), "bid": ("<f4", 1), "score": ("<f4", 1)}
@@ -355,6 +360,8 @@ class ScoreChunk(_ChunkHeader):
     def to_wire(self) -> dict[str, Any]:
         d = self._header_wire()
         d["status"] = self.status
+        d["model"] = self.model
+        d["model_version"] = self.model_version
         return d
 
     @classmethod
@@ -367,7 +374,9 @@ class ScoreChunk(_ChunkHeader):
         n = ad_id.shape[0]
         return cls(**h, status=status, ad_id=ad_id,
                    bid=_column(d, "bid", n, dtype="<f4", ndim=1),
-                   score=_column(d, "score", n, dtype="<f4", ndim=1))
+                   score=_column(d, "score", n, dtype="<f4", ndim=1),
+                   model=_str(d, "model", required=False),
+                   model_version=_opt_int(d, "model_version"))
 
 
 @dataclass(eq=False)
@@ -383,6 +392,8 @@ class ScoreResult:
     n_candidates: int = 0
     n_scored: int = 0
     reason: str | None = None
+    model: str | None = None  # the model and version that scored it (None if none scored)
+    model_version: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -394,6 +405,8 @@ class ScoreResult:
             "n_candidates": self.n_candidates,
             "n_scored": self.n_scored,
             "reason": self.reason,
+            "model": self.model,
+            "model_version": self.model_version,
         }
 
     @classmethod
@@ -413,6 +426,8 @@ class ScoreResult:
             n_candidates=_int(d, "n_candidates", 0),
             n_scored=_int(d, "n_scored", 0),
             reason=reason if isinstance(reason, str) else None,
+            model=_str(d, "model", required=False),
+            model_version=_opt_int(d, "model_version"),
         )
 
     def to_json_wire(self) -> dict[str, Any]:
@@ -441,6 +456,8 @@ class ScoreResult:
         ]
         if self.reason:
             out["reason"] = self.reason
+        if self.model is not None:
+            out["model"], out["model_version"] = self.model, self.model_version
         return out
 
 

@@ -110,7 +110,10 @@ def _broken_config(tmp_path: Path, old: str, new: str) -> Path:
         ("buckets = [50000, ", "buckets = [", "'features.buckets' has 25 entries but"),
         ('"landing_load_ms"]', '"landing_load_ms", "extra"]', r"'inputs.dense.dims' is \[-1, 13\]"),
         ("dims = [-1, 13]", "dims = [-1, 12]", r"'inputs.dense.dims' is \[-1, 12\]"),
-        ('[inputs.sparse]\ndtype = "int64"', '[inputs.sparse]\ndtype = "int32"', "must be 'int64'"),
+        ('[inputs.sparse]\ndtype = "int64"', '[inputs.sparse]\ndtype = "int32"',
+         r"input 'sparse': config expects int32 \[B, 26\], graph has int64 \[B, 26\]"),
+        ('[inputs.sparse]\ndtype = "int64"', '[inputs.sparse]\ndtype = "float32"',
+         "an input from 'sparse' takes one of"),
         ('name = "ctr"', 'name = "other"', "'name' is 'other' but the directory is 'ctr'"),
         ("[outputs.ctr]", "[outputs.score]", "config 'outputs.score' is not a graph output"),
         ("max_wait_ms = 2.0", "max_wait_ms = -1.0", "'batching.max_wait_ms' must be >= 0"),
@@ -138,7 +141,7 @@ def test_onnx_that_does_not_match_the_config(tmp_path: Path) -> None:
     text = text.replace('"user_id"', extra, 1).replace("dims = [-1, 26]", "dims = [-1, 27]")
     text = text.replace("buckets = [50000", "buckets = [50000, 10")
     config.write_text(text)
-    with pytest.raises(ModelRepositoryError, match=r"graph input 'sparse' has dims \[-1, 26\]"):
+    with pytest.raises(ModelRepositoryError, match=r"input 'sparse': config expects int64 \[B, 27\], graph has int64 \[B, 26\]"):
         load_model(tmp_path, "ctr")
 
 

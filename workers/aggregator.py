@@ -232,9 +232,13 @@ class Aggregator(Handler):
         else:
             ad_id, bid, score = (np.zeros(0, np.int64), np.zeros(0, np.float32),
                                  np.zeros(0, np.float32))
+        labelled = [c for c in scored if c.model_version is not None]
+        last = max(labelled, key=lambda c: c.model_version or 0) if labelled else None
         result = ScoreResult(p.request_id, status, ad_id=ad_id, bid=bid, score=score,
                              n_candidates=p.n_candidates, n_scored=n_scored,
-                             reason="deadline passed" if status != "ok" else None)
+                             reason="deadline passed" if status != "ok" else None,
+                             model=last.model if last else None,
+                             model_version=last.model_version if last else None)
         msgs = [result_message(result, p.reply_to or self.s.topics.results, p.headers)]
         if self.exactly_once:  # the answer and its changelog entry commit together
             first = self._ids.first(p.request_id)

@@ -78,7 +78,8 @@ class FeatureActor(Handler):
                 chunk = FeatureChunk(
                     request_id=req.request_id, chunk=c, n_chunks=n_chunks, n_candidates=n,
                     top_k=req.top_k, reply_to=req.reply_to, deadline_ms=item.deadline_ms,
-                    priority=req.priority, ad_id=ad_id[sl], bid=bid[sl],
+                    priority=req.priority, user_id=req.user_id or None,
+                    ad_id=ad_id[sl], bid=bid[sl],
                     dense=item.dense[sl], sparse=item.sparse[sl])
                 key = records[item.index].key if by_user else \
                     f"{req.request_id}:{c}".encode()

@@ -10,11 +10,12 @@ two hops less of latency and broker load; the three-hop topology stays the defau
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from pipeline.actor import Handler, Result, Send
+from pipeline.admin import AdminHandler
 from pipeline.timeslice import TimeSlice
 from pipeline.tracing import current_batch
 from pipeline.transport.base import TP, Outgoing, Record
@@ -44,13 +45,14 @@ class FusedFeaturesScorer(Handler):
         results, live, plan = await self.features.prepare(records)
         if not live:
             return results
-        parts = [Rows(p.dense, p.sparse, p.deadline_ms, p.request.priority) for p in live]
+        parts = [Rows(p.dense, p.sparse, p.deadline_ms, p.request.priority, p.request.user_id)
+                 for p in live]
         clock = current_batch() if self.tracer is not None else None
         parents = self.features.parents(live) if clock is not None else []
         if self.tracer is None or clock is None or all(c is None for c in parents):
-            scores = await self.scorer.score(parts)
+            scores, versions = await self.scorer.score(parts)
         else:
-            scores, timings = await self.scorer.score_timed(parts)
+            scores, versions, timings = await self.scorer.score_timed(parts)
             # the request's stage span, in its headers before the answer copies them
             traced = self.features.trace(self.tracer, clock, records, live, parents, plan,
                                          self.name)
@@ -59,12 +61,12 @@ class FusedFeaturesScorer(Handler):
                 model_steps(self.tracer, span, timing_of[p.index])
             clock.end_when_sent([span for _, span in traced])
         slice_ = TimeSlice()
-        for p, sc in zip(live, scores, strict=True):
+        for p, sc, v in zip(live, scores, versions, strict=True):
             await slice_.check()
-            results[p.index] = [self._answer(p, sc)]
+            results[p.index] = [self._answer(p, sc, v)]
         return results
 
-    def _answer(self, p: Prepared, scores: np.ndarray) -> Outgoing:
+    def _answer(self, p: Prepared, scores: np.ndarray, version: int) -> Outgoing:
         """The ranked ScoreResult of a request whose candidates were all scored here."""
         req = p.request
         ad_id = req.candidates["ad_id"].astype("<i8", copy=False)
@@ -72,8 +74,12 @@ class FusedFeaturesScorer(Handler):
         top = rank(ad_id, bid, scores, req.top_k)
         result = ScoreResult(req.request_id, "ok", ad_id=ad_id[top], bid=bid[top],
                              score=scores[top].astype(np.float32, copy=False),
-                             n_candidates=req.n_candidates, n_scored=req.n_candidates)
+                             n_candidates=req.n_candidates, n_scored=req.n_candidates,
+                             model=self.scorer.models.name, model_version=version)
         return result_message(result, self.features.reply_topic(req.reply_to), p.headers)
+
+    def admin_routes(self) -> Mapping[str, AdminHandler]:
+        return self.scorer.admin_routes()
 
     def revoked(self, tps: set[TP]) -> None:
         self.features.revoked(tps)

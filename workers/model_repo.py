@@ -4,29 +4,57 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from pipeline.config import ConfigError
+
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.toml"
-REQUIRED_INPUTS = ("dense", "sparse")
-INPUT_DTYPES = {"dense": "float32", "sparse": "int64"}
+FEATURE_OUTPUTS = ("dense", "sparse")
+"""What the feature configuration produces: float32 [N, dense] and int64 [N, sparse]."""
+INPUT_DTYPES = {"dense": ("float32", "float16"), "sparse": ("int64", "int32")}
+"""The dtypes a model input may take from each feature output (cast once per batch)."""
 
 
-class ModelRepositoryError(ValueError):
+class ModelRepositoryError(ConfigError):
     """A model repository entry is missing or malformed; the message names the file and field."""
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """dtype and dims of one model input or output (-1 marks the batch dimension)."""
+    """dtype and dims of one model input or output (-1 marks the batch dimension).
+
+    An input also says what fills it: ``source`` (a feature output, ``dense`` or ``sparse``)
+    and ``fields``, the feature columns it takes, in order."""
 
     dtype: str
     dims: tuple[int, ...]
+    source: str = ""
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of a model are served: the ``latest`` N, or the ``specific`` ones."""
+
+    latest: int = 1
+    specific: tuple[int, ...] = ()
+
+    def select(self, present: list[int]) -> list[int]:
+        """The versions to serve out of ``present`` (ascending)."""
+        if self.specific:
+            return [v for v in present if v in self.specific]
+        return present[-self.latest:]
+
+    def describe(self) -> str:
+        if self.specific:
+            return f"specific {list(self.specific)}"
+        return "latest" if self.latest == 1 else f"latest {self.latest}"
 
 
 @dataclass(frozen=True)
@@ -45,6 +73,7 @@ class ModelConfig:
     preferred_batch_rows: tuple[int, ...]
     instance_count: int
     intra_op_threads: int
+    version_policy: VersionPolicy = VersionPolicy()
 
     @property
     def output_name(self) -> str:
@@ -125,59 +154,149 @@ class _Fields:
         return value
 
 
-def _tensor_specs(fields: _Fields) -> dict[str, TensorSpec]:
+def _tensor_spec(table: _Fields, name: str, is_input: bool) -> TensorSpec:
+    dtype = table.string("dtype")
+    try:
+        np.dtype(dtype)
+    except TypeError as exc:
+        raise ModelRepositoryError(f"{table._where('dtype')}: unknown dtype {dtype!r}") from exc
+    dims = table.list_of("dims", int, "integers")
+    if len(dims) < 1 or dims[0] != -1 or any(d < 1 for d in dims[1:]):
+        raise ModelRepositoryError(
+            f"{table._where('dims')} must start with -1 (the batch) followed by positive "
+            f"sizes, got {list(dims)}"
+        )
+    if not is_input:
+        return TensorSpec(dtype=dtype, dims=dims)
+    source = table.string("from", default=name if name in FEATURE_OUTPUTS else ...)
+    if source not in FEATURE_OUTPUTS:
+        raise ModelRepositoryError(
+            f"{table._where('from')} must be one of {list(FEATURE_OUTPUTS)} (what the feature "
+            f"configuration produces), got {source!r}"
+        )
+    if dtype not in INPUT_DTYPES[source]:
+        raise ModelRepositoryError(
+            f"{table._where('dtype')} is {dtype!r}; an input from {source!r} takes one of "
+            f"{list(INPUT_DTYPES[source])}"
+        )
+    fields = table.list_of("fields", str, "strings", default=())
+    return TensorSpec(dtype=dtype, dims=dims, source=source, fields=fields)
+
+
+def _tensor_specs(fields: _Fields, is_input: bool) -> dict[str, TensorSpec]:
     """Parses ``[inputs.<name>]`` or ``[outputs.<name>]`` tables."""
-    specs: dict[str, TensorSpec] = {}
-    for name in fields.data:
-        table = fields.table(name)
-        dtype = table.string("dtype")
-        try:
-            np.dtype(dtype)
-        except TypeError as exc:
-            raise ModelRepositoryError(f"{table._where('dtype')}: unknown dtype {dtype!r}") from exc
-        dims = table.list_of("dims", int, "integers")
-        if len(dims) < 1 or dims[0] != -1 or any(d < 1 for d in dims[1:]):
-            raise ModelRepositoryError(
-                f"{table._where('dims')} must start with -1 (the batch) followed by positive "
-                f"sizes, got {list(dims)}"
-            )
-        specs[name] = TensorSpec(dtype=dtype, dims=dims)
+    specs = {name: _tensor_spec(fields.table(name), name, is_input) for name in fields.data}
     if not specs:
         raise ModelRepositoryError(f"{fields.source}: '{fields.prefix.rstrip('.')}' has no entries")
     return specs
 
 
+def _either(a: _Fields, a_key: str, b: _Fields, b_key: str) -> tuple[_Fields, str] | None:
+    """Where a setting with two accepted spellings (ours, Triton's) is given, if anywhere."""
+    if a_key in a.data and b_key in b.data:
+        raise ModelRepositoryError(
+            f"{a._where(a_key)} and '{b.prefix}{b_key}' name the same setting; give one"
+        )
+    if a_key in a.data:
+        return a, a_key
+    if b_key in b.data:
+        return b, b_key
+    return None
+
+
+def _max_wait_ms(batching: _Fields, dynamic: _Fields) -> float:
+    found = [(f, k) for f, k in ((batching, "max_wait_ms"),
+                                 (dynamic, "max_queue_delay_microseconds"),
+                                 (dynamic, "max_queue_delay_ms")) if k in f.data]
+    if len(found) > 1:
+        names = " and ".join(f"'{f.prefix}{k}'" for f, k in found)
+        raise ModelRepositoryError(f"{batching.source}: {names} name the same setting; give one")
+    if not found:
+        return 2.0
+    f, k = found[0]
+    value = f.number(k)
+    return value / 1000 if k.endswith("microseconds") else value
+
+
+def _version_policy(policy: _Fields) -> VersionPolicy:
+    keys = set(policy.data)
+    if keys - {"latest", "specific"} or len(keys) > 1:
+        raise ModelRepositoryError(
+            f"{policy.source}: 'version_policy' takes one of 'latest = N' or "
+            f"'specific = [versions]', got {sorted(keys)}"
+        )
+    if "specific" in keys:
+        versions = policy.list_of("specific", int, "integers")
+        if not versions or any(v < 1 for v in versions):
+            raise ModelRepositoryError(
+                f"{policy._where('specific')} must list versions >= 1, got {list(versions)}"
+            )
+        return VersionPolicy(specific=tuple(sorted(set(versions))))
+    return VersionPolicy(latest=policy.integer("latest", default=1))
+
+
 def parse_config(data: Mapping[str, Any], source: Path) -> ModelConfig:
-    """Builds a ModelConfig from parsed TOML, checking every field's presence and type."""
+    """Builds a ModelConfig from parsed TOML, checking every field's presence and type.
+
+    Triton's names are accepted too: ``max_batch_size``, ``[dynamic_batching]``
+    (``preferred_batch_size``, ``max_queue_delay_microseconds``) and ``[instance_group]``
+    (``count``); see docs/models.md."""
     top = _Fields(data, source)
     features = top.table("features")
     batching = top.table("batching", default={})
+    dynamic = top.table("dynamic_batching", default={})
     instances = top.table("instances", default={})
-    max_batch_rows = top.integer("max_batch_rows")
+    group = top.table("instance_group", default={})
+    where = _either(top, "max_batch_rows", top, "max_batch_size")
+    if where is None:
+        raise ModelRepositoryError(
+            f"{source}: 'max_batch_rows' is missing (Triton's 'max_batch_size' is accepted too)"
+        )
+    max_batch_rows = where[0].integer(where[1])
     batching_rows = batching.integer("max_batch_rows", default=max_batch_rows)
     if batching_rows != max_batch_rows:
         raise ModelRepositoryError(
             f"{source}: 'batching.max_batch_rows' ({batching_rows}) disagrees with "
-            f"'max_batch_rows' ({max_batch_rows})"
+            f"'{where[1]}' ({max_batch_rows})"
         )
+    preferred = _either(batching, "preferred_batch_rows", dynamic, "preferred_batch_size")
+    count = _either(instances, "count", group, "count")
     config = ModelConfig(
         name=top.string("name"),
         backend=top.string("backend", default="onnxruntime"),
         max_batch_rows=max_batch_rows,
-        inputs=_tensor_specs(top.table("inputs")),
-        outputs=_tensor_specs(top.table("outputs")),
+        inputs=_tensor_specs(top.table("inputs"), is_input=True),
+        outputs=_tensor_specs(top.table("outputs"), is_input=False),
         sparse_features=features.list_of("sparse", str, "strings"),
         sparse_buckets=features.list_of("buckets", int, "integers"),
         dense_features=features.list_of("dense", str, "strings"),
-        max_wait_ms=batching.number("max_wait_ms", default=2.0),
-        preferred_batch_rows=tuple(
-            sorted(batching.list_of("preferred_batch_rows", int, "integers", default=[]))
-        ),
-        instance_count=instances.integer("count", default=1),
+        max_wait_ms=_max_wait_ms(batching, dynamic),
+        preferred_batch_rows=tuple(sorted(
+            preferred[0].list_of(preferred[1], int, "integers") if preferred else ())),
+        instance_count=count[0].integer("count") if count else 1,
         intra_op_threads=instances.integer("intra_op_threads", default=1),
+        version_policy=_version_policy(top.table("version_policy", default={})),
     )
+    config = _resolve_fields(config, source)
     _check_consistency(config, source)
     return config
+
+
+def _resolve_fields(config: ModelConfig, source: Path) -> ModelConfig:
+    """Fills each input's ``fields`` (default: every column of its feature output) and checks
+    that the named ones exist there."""
+    produced = {"dense": config.dense_features, "sparse": config.sparse_features}
+    inputs: dict[str, TensorSpec] = {}
+    for name, spec in config.inputs.items():
+        columns = produced[spec.source]
+        unknown = [f for f in spec.fields if f not in columns]
+        if unknown:
+            raise ModelRepositoryError(
+                f"{source}: 'inputs.{name}.fields' names {unknown}, which 'features."
+                f"{spec.source}' does not list"
+            )
+        inputs[name] = replace(spec, fields=spec.fields or columns)
+    return replace(config, inputs=inputs)
 
 
 def _check_consistency(config: ModelConfig, source: Path) -> None:
@@ -189,20 +308,18 @@ def _check_consistency(config: ModelConfig, source: Path) -> None:
         )
     if any(b < 1 for b in config.sparse_buckets):
         raise ModelRepositoryError(f"{source}: 'features.buckets' must all be >= 1")
-    widths = {"dense": len(config.dense_features), "sparse": len(config.sparse_features)}
-    for name in REQUIRED_INPUTS:
-        spec = config.inputs.get(name)
-        if spec is None:
-            raise ModelRepositoryError(f"{source}: 'inputs.{name}' is missing")
-        if spec.dtype != INPUT_DTYPES[name]:
+    buckets = dict(zip(config.sparse_features, config.sparse_buckets, strict=True))
+    for name, spec in config.inputs.items():
+        width = len(spec.fields)
+        if spec.dims != (-1, width):
             raise ModelRepositoryError(
-                f"{source}: 'inputs.{name}.dtype' must be {INPUT_DTYPES[name]!r}, "
-                f"got {spec.dtype!r}"
+                f"{source}: 'inputs.{name}.dims' is {list(spec.dims)} but it takes {width} "
+                f"'features.{spec.source}' fields (expected [-1, {width}])"
             )
-        if spec.dims != (-1, widths[name]):
+        if spec.dtype == "int32" and any(buckets[f] > 2**31 for f in spec.fields):
             raise ModelRepositoryError(
-                f"{source}: 'inputs.{name}.dims' is {list(spec.dims)} but 'features.{name}' "
-                f"lists {widths[name]} fields (expected [-1, {widths[name]}])"
+                f"{source}: 'inputs.{name}.dtype' is int32 but a field it takes has more than "
+                f"2**31 buckets"
             )
     if any(r < 1 or r > config.max_batch_rows for r in config.preferred_batch_rows):
         raise ModelRepositoryError(
@@ -233,43 +350,52 @@ def _onnx_dtype(value_info: onnx.ValueInfoProto) -> str:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).name
 
 
+def _describe(dtype: str, dims: tuple[int, ...]) -> str:
+    return f"{dtype} [{', '.join('B' if d == -1 else str(d) for d in dims)}]"
+
+
 def check_onnx_matches(config: ModelConfig, model_path: Path) -> None:
-    """Checks that the ONNX graph's inputs and outputs match the config's."""
+    """Checks that the ONNX graph's inputs and outputs match the config's.
+
+    Every mismatch is found, one line each naming the tensor, what the config expects and
+    what the graph has; they are raised together."""
     try:
         model = onnx.load(str(model_path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and friends
         raise ModelRepositoryError(f"{model_path}: not a readable ONNX model: {exc}") from exc
     initializers = {t.name for t in model.graph.initializer}
     sections = (
-        ("inputs", config.inputs, [i for i in model.graph.input if i.name not in initializers]),
-        ("outputs", config.outputs, list(model.graph.output)),
+        ("input", config.inputs, [i for i in model.graph.input if i.name not in initializers]),
+        ("output", config.outputs, list(model.graph.output)),
     )
-    for section, specs, values in sections:
+    problems: list[str] = []
+    for kind, specs, values in sections:
         found = {v.name: v for v in values}
         for name, spec in specs.items():
+            expected = _describe(spec.dtype, spec.dims)
             if name not in found:
-                raise ModelRepositoryError(
-                    f"{model_path}: config '{section}.{name}' is not a graph {section[:-1]} "
-                    f"(graph has {sorted(found)})"
+                problems.append(
+                    f"{model_path}: config '{kind}s.{name}' is not a graph {kind} (expected "
+                    f"{expected}; graph has {sorted(found)})"
                 )
+                continue
             dtype, dims = _onnx_dtype(found[name]), _onnx_dims(found[name])
-            if dtype != spec.dtype:
-                raise ModelRepositoryError(
-                    f"{model_path}: graph {section[:-1]} '{name}' is {dtype}, config says "
-                    f"{spec.dtype}"
-                )
-            if len(dims) != len(spec.dims) or any(
+            if dtype != spec.dtype or len(dims) != len(spec.dims) or any(
                 want != -1 and got != -1 and want != got for want, got in zip(spec.dims, dims)
             ):
-                raise ModelRepositoryError(
-                    f"{model_path}: graph {section[:-1]} '{name}' has dims {list(dims)}, config "
-                    f"says {list(spec.dims)}"
+                problems.append(
+                    f"{model_path}: {kind} '{name}': config expects {expected}, graph has "
+                    f"{_describe(dtype, dims)}"
                 )
-        extra = sorted(set(found) - set(specs)) if section == "inputs" else []
-        if extra:
-            raise ModelRepositoryError(
-                f"{model_path}: graph inputs {extra} are not described in the config"
+        extra = sorted(set(found) - set(specs)) if kind == "input" else []
+        for name in extra:
+            has = _describe(_onnx_dtype(found[name]), _onnx_dims(found[name]))
+            problems.append(
+                f"{model_path}: graph input '{name}' ({has}) is not described in the config "
+                f"(add [inputs.{name}] with from = 'dense' or 'sparse')"
             )
+    if problems:
+        raise ModelRepositoryError("\n".join(problems))
 
 
 def list_versions(repo_dir: Path, name: str) -> list[int]:
@@ -284,26 +410,47 @@ def list_versions(repo_dir: Path, name: str) -> list[int]:
     )
 
 
-def load_model(repo_dir: Path, name: str, version: int | None = None) -> ModelSpec:
-    """Loads and validates one model version (the highest present when ``version`` is None)."""
+def model_config(repo_dir: Path, name: str) -> ModelConfig:
+    """The validated ``config.toml`` of model ``name``."""
     model_dir = Path(repo_dir) / name
-    versions = list_versions(repo_dir, name)
-    if version is None:
-        if not versions:
-            raise ModelRepositoryError(
-                f"{model_dir}: no version directory holds a {MODEL_FILE} (expected "
-                f"{model_dir}/<version>/{MODEL_FILE})"
-            )
-        version = versions[-1]
-    elif version not in versions:
-        raise ModelRepositoryError(
-            f"{model_dir / str(version) / MODEL_FILE}: model version {version} is missing "
-            f"(present: {versions})"
-        )
     config = read_config(model_dir / CONFIG_FILE)
     if config.name != name:
         raise ModelRepositoryError(
             f"{model_dir / CONFIG_FILE}: 'name' is {config.name!r} but the directory is {name!r}"
+        )
+    return config
+
+
+def served_versions(repo_dir: Path, name: str, config: ModelConfig | None = None) -> list[int]:
+    """The versions present that the model's version policy serves (ascending)."""
+    config = config or model_config(repo_dir, name)
+    return config.version_policy.select(list_versions(repo_dir, name))
+
+
+def load_model(repo_dir: Path, name: str, version: int | None = None) -> ModelSpec:
+    """Loads and validates one model version; when ``version`` is None, the highest one the
+    config's version policy serves."""
+    model_dir = Path(repo_dir) / name
+    versions = list_versions(repo_dir, name)
+    if not versions:
+        raise ModelRepositoryError(
+            f"{model_dir}: no version directory holds a {MODEL_FILE} (expected "
+            f"{model_dir}/<version>/{MODEL_FILE})"
+        )
+    config = model_config(repo_dir, name)
+    if version is None:
+        served = config.version_policy.select(versions)
+        if not served:
+            raise ModelRepositoryError(
+                f"{model_dir / CONFIG_FILE}: 'version_policy' ("
+                f"{config.version_policy.describe()}) serves none of the versions present "
+                f"({versions})"
+            )
+        version = served[-1]
+    elif version not in versions:
+        raise ModelRepositoryError(
+            f"{model_dir / str(version) / MODEL_FILE}: model version {version} is missing "
+            f"(present: {versions})"
         )
     path = model_dir / str(version) / MODEL_FILE
     check_onnx_matches(config, path)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import structlog
 
 from pipeline.actor import Actor, Handler
+from pipeline.admin import AdminRoutes
 from pipeline.batcher import DynamicBatcher
 from pipeline.endpoint import keep_fresh, start_server
 from pipeline.kafka_clients import kafka_options
@@ -21,6 +23,7 @@ from workers.feature_actor import FeatureActor
 from workers.features import FeaturePipeline
 from workers.fused import FusedFeaturesScorer
 from workers.model_repo import ModelSpec, load_model
+from workers.model_versions import ModelVersions
 from workers.scorer import ScoringWorker
 from workers.settings import Settings
 
@@ -51,9 +54,10 @@ def feature_pipeline(settings: Settings, spec: ModelSpec) -> FeaturePipeline:
         Path(settings.features.spec) if settings.features.spec else None)
 
 
-def scoring_batcher(settings: Settings, spec: ModelSpec,
-                    metrics: Metrics | None = None) -> DynamicBatcher:
-    """One batcher over ``instances`` backends (each its own onnxruntime session or stream)."""
+def scoring_version(settings: Settings, spec: ModelSpec, metrics: Metrics | None = None
+                    ) -> tuple[DynamicBatcher, list[Callable[..., np.ndarray]]]:
+    """One version's batcher over ``instances`` backends (each its own onnxruntime session
+    or stream) plus its spill instances, and the score functions of all of them."""
     from workers.backends import create_backend
 
     sc, c = settings.scorer, spec.config
@@ -63,21 +67,61 @@ def scoring_batcher(settings: Settings, spec: ModelSpec,
     if sc.intra_op_threads or c.intra_op_threads:
         options["intra_op_threads"] = sc.intra_op_threads or c.intra_op_threads
     backends = [create_backend(spec, sc.backend or None, **options) for _ in range(instances)]
+    spill = [create_backend(spec, sc.spill_backend, **options)
+             for _ in range(sc.spill_instances if sc.spill_backend else 0)]
     batcher = DynamicBatcher(
         [b.score for b in backends],
         max_rows=sc.max_batch_rows or c.max_batch_rows,
         max_wait_ms=sc.max_wait_ms if sc.max_wait_ms >= 0 else c.max_wait_ms,
         on_batch=metrics.batch_observer(spec.name, str(spec.version)) if metrics else None,
+        spill=[b.score for b in spill],
+        spill_queue_rows=sc.spill_queue_rows or None,
+        spill_after_ms=sc.spill_after_ms,
     )
     if metrics is not None:
         from workers.backends.cupy_pool import pool_stats
 
         metrics.watch_queue(spec.name, str(spec.version), lambda: batcher.queued_rows)
+        metrics.watch_spill(spec.name, str(spec.version), lambda: (
+            batcher.stats.spilled_batches, batcher.stats.spilled_rows))
         metrics.watch_gpu_pool(pool_stats)
         kinds = sorted({type(b).__name__ for b in backends})
-        detail = f"{spec.name} version {spec.version}: {instances} x {', '.join(kinds)}"
+        detail = f"{instances} x {', '.join(kinds)}"
+        if spill:
+            detail += f", spill {len(spill)} x {type(spill[0]).__name__}"
+        _INSTANCES[(spec.name, spec.version)] = detail
+    return batcher, [b.score for b in [*backends, *spill]]
+
+
+_INSTANCES: dict[tuple[str, int], str] = {}  # what each loaded version runs on (readiness)
+
+
+def scoring_batcher(settings: Settings, spec: ModelSpec,
+                    metrics: Metrics | None = None) -> DynamicBatcher:
+    """One version's batcher (see :func:`scoring_version`)."""
+    batcher, _ = scoring_version(settings, spec, metrics)
+    if metrics is not None:
+        detail = f"{spec.name} version {spec.version}: {_INSTANCES[(spec.name, spec.version)]}"
         metrics.add_check("model", lambda: Check(True, detail))
     return batcher
+
+
+def scoring_models(settings: Settings, spec: ModelSpec,
+                   metrics: Metrics | None = None) -> ModelVersions:
+    """The scorer's model versions, starting from ``spec``; new ones are built the same way."""
+    sc = settings.scorer
+    extra = frozenset(v for v in (sc.ab_version, sc.shadow_version) if v)
+    models = ModelVersions(Path(sc.model_repo), spec,
+                           lambda sp: scoring_version(settings, sp, metrics),
+                           pinned=sc.version or None, extra=extra)
+    if metrics is not None:
+        def check() -> Check:
+            v = models.serving.spec
+            return Check(True, f"{v.name} version {v.version} serving "
+                               f"({_INSTANCES.get((v.name, v.version), '?')}); loaded "
+                               f"{sorted(models.loaded)}")
+        metrics.add_check("model", check)
+    return models
 
 
 def build_handler(role: str, settings: Settings, transport: Transport,
@@ -100,9 +144,12 @@ def _handler(role: str, settings: Settings, transport: Transport,
         return features
     if role in ("scorer", "fused"):
         spec = model_spec(settings)
-        scorer = ScoringWorker(settings, scoring_batcher(settings, spec, metrics),
+        scorer = ScoringWorker(settings, scoring_models(settings, spec, metrics),
                                n_dense=len(spec.config.dense_features),
                                n_sparse=len(spec.config.sparse_features))
+        if metrics is not None and scorer.shadow is not None:
+            scorer.on_shadow = metrics.shadow_observer(
+                spec.name, str(spec.version), str(scorer.shadow.version))
         if role == "scorer":
             if metrics is not None:
                 metrics.watch_counts(role, lambda: {"expired": scorer.expired})
@@ -161,11 +208,15 @@ async def run_roles(
         metrics = Metrics()
     own_tracing = tracing is None
     tracing = tracing or Tracing.from_settings(settings.tracing)
-    server = start_server(metrics, settings.metrics) if metrics and settings.metrics.port \
-        else None
+    admin = AdminRoutes()
+    server = start_server(metrics, settings.metrics, admin) \
+        if metrics and settings.metrics.port else None
     try:
         actors = [build_actor(r, settings, transport, middleware, metrics, tracing)
                   for r in roles]
+        for a in actors:
+            for name, route in a.handler.admin_routes().items():
+                admin.add(name, route)
         finished = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             runs = [tg.create_task(a.run(stop)) for a in actors]

@@ -40,7 +40,8 @@ class FeaturesSection:
 class ScorerSection:
     model_repo: str = setting("models", nonempty=True)  # Triton-style repository: <name>/<version>/model.onnx
     model: str = setting("ctr", nonempty=True)  # model name in the repository
-    version: int = setting(0, ge=0)  # 0 = the highest version in the repository
+    version: int = setting(0, ge=0)  # 0 = the highest version the model's version policy serves; N = pin version N
+    poll_s: float = setting(0.0, ge=0)  # how often the scorer re-reads the repository to load/unload versions (hot swap); 0 = never
     backend: str = setting("", choices=("", *BACKENDS))  # empty = the model's config.toml
     max_batch_rows: int = setting(0, ge=0)  # 0 = the model's config.toml
     max_wait_ms: float = -1.0  # <0 = the model's config.toml
@@ -48,6 +49,14 @@ class ScorerSection:
     intra_op_threads: int = setting(0, ge=0)  # onnxruntime threads per instance; 0 = the model's config.toml
     precision: str = setting("float32", choices=("float32", "float16"))  # cupy: weights and activations
     cuda_graphs: bool = False  # cupy: pad batches to preferred sizes and replay CUDA graphs
+    ab_version: int = setting(0, ge=0)  # A/B: another version of the model for ab_fraction of users (sticky by user id hash); 0 = off
+    ab_fraction: float = setting(0.0, ge=0, le=1)  # A/B: the fraction of users ab_version scores
+    shadow_version: int = setting(0, ge=0)  # a version that also scores a sample of batches off the hot path, reporting the score difference; 0 = off
+    shadow_every: int = setting(10, ge=1)  # the shadow version scores one submission in this many
+    spill_backend: str = setting("", choices=("", *BACKENDS))  # empty = no spill; else batches go to instances of this backend while the queue stays over spill_queue_rows
+    spill_instances: int = setting(1, ge=1)  # spill backend instances (threads)
+    spill_queue_rows: int = setting(0, ge=0)  # spill bound in queued rows; 0 = max_batch_rows
+    spill_after_ms: float = setting(5.0, ge=0)  # how long the queue must stay over the bound before a batch spills
     gpu_pool_fraction: float = setting(0.8, gt=0, le=1)  # cupy: device memory pool limit, fraction of the GPU
 
 

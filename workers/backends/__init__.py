@@ -16,6 +16,7 @@ from workers.backends.base import (
     UnsupportedModelError,
     check_batch,
 )
+from workers.model_inputs import InputBinding
 from workers.model_repo import ModelSpec
 
 __all__ = [
@@ -89,6 +90,10 @@ def create_backend(spec: ModelSpec, backend: str | None = None, **options: Any) 
         from workers.backends.graph_plan import compile_plan
 
         try:
+            if not InputBinding(spec.config).positional:
+                raise UnsupportedModelError(
+                    "it compiles models whose inputs are the whole dense (float32) and sparse "
+                    "(int64) feature arrays; this config selects columns or casts")
             plan = compile_plan(spec.path)
         except UnsupportedModelError as exc:
             logger.warning(

@@ -6,6 +6,7 @@ import numpy as np
 import onnxruntime as ort
 
 from workers.backends.base import check_batch
+from workers.model_inputs import InputBinding
 from workers.model_repo import ModelSpec
 
 
@@ -41,6 +42,7 @@ class OnnxCpuBackend:
         self._n_dense = len(spec.config.dense_features)
         self._n_sparse = len(spec.config.sparse_features)
         self._output = spec.config.output_name
+        self._binding = InputBinding(spec.config)
 
     def score(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
         """Returns float32 [N] CTRs."""
@@ -49,7 +51,7 @@ class OnnxCpuBackend:
             raise RuntimeError("this OnnxCpuBackend is closed")
         if n == 0:
             return np.empty(0, dtype=np.float32)
-        (scores,) = self._session.run([self._output], {"dense": dense, "sparse": sparse})
+        (scores,) = self._session.run([self._output], self._binding.feeds(dense, sparse))
         return np.ascontiguousarray(scores, dtype=np.float32).reshape(n)
 
     def warmup(self, rows: int | None = None) -> None:

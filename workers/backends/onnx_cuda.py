@@ -25,6 +25,7 @@ import onnxruntime as ort
 
 from workers.backends.base import BackendUnavailableError, check_batch
 from workers.backends.onnx_cpu import session_options
+from workers.model_inputs import InputBinding
 from workers.model_repo import ModelSpec
 
 PROVIDER = "CUDAExecutionProvider"
@@ -91,6 +92,7 @@ class OnnxCudaBackend:
         self._n_dense = len(spec.config.dense_features)
         self._n_sparse = len(spec.config.sparse_features)
         self._output = spec.config.output_name
+        self._binding = InputBinding(spec.config)
 
     def _bind(self, io: Any, name: str, arr: Any, output: bool = False) -> None:
         args = ("cuda", self.device_id, arr.dtype.type, tuple(arr.shape), arr.data.ptr)
@@ -105,12 +107,11 @@ class OnnxCudaBackend:
             return np.empty(0, dtype=np.float32)
         cp = self._cupy
         with self.stream:
-            d_dense = cp.asarray(dense)
-            d_sparse = cp.asarray(sparse)
+            d_inputs = {k: cp.asarray(v) for k, v in self._binding.feeds(dense, sparse).items()}
             d_out = cp.empty((n, 1), dtype=cp.float32)
         io = self._session.io_binding()
-        self._bind(io, "dense", d_dense)
-        self._bind(io, "sparse", d_sparse)
+        for name, arr in d_inputs.items():
+            self._bind(io, name, arr)
         self._bind(io, self._output, d_out, output=True)
         self.stream.synchronize()  # the inputs are on the device before onnxruntime reads them
         self._session.run_with_iobinding(io)
