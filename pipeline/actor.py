@@ -201,14 +201,14 @@ class Actor:
         self._draining |= tps
         self.handler.revoked(tps)
         await self._settle(tps, self.settings.revoke_timeout_s)
-        self._draining -= tps
         abandoned = self.tracker.unsettled(tps)
         for tp in tps:
             lane = self._lanes.pop(tp, None)
             if lane is not None:
                 for task in list(lane.tasks):
                     task.cancel()
-        await self._commit(tps)
+        await self._commit(tps)  # still draining: this member may commit what it finished
+        self._draining -= tps
         if self._tx is not None:
             await self._tx.close(tps)
         self.tracker.forget(tps)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -509,6 +510,7 @@ class DeadLetter:
 
 Message = ScoreRequest | FeatureChunk | ScoreChunk | ScoreResult | DeadLetter
 M = TypeVar("M", ScoreRequest, FeatureChunk, ScoreChunk, ScoreResult, DeadLetter)
+_T = TypeVar("_T")
 
 
 def encode(msg: Message) -> bytes:
@@ -680,13 +682,19 @@ def decode(data: bytes, cls: type[M], *, max_bytes: int = DEFAULT_MAX_MESSAGE_BY
         hint = ("; it looks like JSON: JSON lines go through `adstream produce`"
                 if data[:1] in (b"{", b"[") else "")
         raise SchemaError("", f"not valid MessagePack ({type(e).__name__}: {e}){hint}") from None
+    return _from_map(d, cls.TYPE, cls.from_wire)
+
+
+def _from_map(d: object, type_name: str, build: Callable[[dict[str, Any]], _T]) -> _T:
+    """``build(d)`` after the checks every top-level map gets; a SchemaError names the
+    request id and reply topic the map carries, so the refusal can be answered."""
     if not isinstance(d, dict):
         raise SchemaError("", f"expected a map at the top level, got {type(d).__name__}")
     rid = d.get("request_id") if isinstance(d.get("request_id"), str) else None
     reply_to = d.get("reply_to") if isinstance(d.get("reply_to"), str) else None
     try:
-        check_schema(d.get("schema"), cls.TYPE)
-        return cls.from_wire(d)  # type: ignore[return-value]
+        check_schema(d.get("schema"), type_name)
+        return build(d)
     except SchemaError as e:
         e.request_id = e.request_id or rid
         e.reply_to = e.reply_to or reply_to
@@ -702,16 +710,7 @@ def _decode_json(data: bytes, cls: type[M]) -> M:
         d = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise SchemaError("", f"not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise SchemaError("", f"expected a map at the top level, got {type(d).__name__}")
-    rid = d.get("request_id") if isinstance(d.get("request_id"), str) else None
-    reply_to = d.get("reply_to") if isinstance(d.get("reply_to"), str) else None
-    try:
-        check_schema(d.get("schema"), cls.TYPE)
-        if cls is ScoreRequest:
-            return ScoreRequest.from_wire(d, json_columns=True)  # type: ignore[return-value]
-        return ScoreResult.from_json_wire(d)  # type: ignore[return-value]
-    except SchemaError as e:
-        e.request_id = e.request_id or rid
-        e.reply_to = e.reply_to or reply_to
-        raise
+    if cls is ScoreRequest:
+        return _from_map(  # type: ignore[return-value]
+            d, cls.TYPE, lambda m: ScoreRequest.from_wire(m, json_columns=True))
+    return _from_map(d, cls.TYPE, ScoreResult.from_json_wire)  # type: ignore[return-value]
