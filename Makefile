@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/adstream demo
 
-test: $(STAMP) $(KUSTOMIZE)
+test: $(STAMP) $(KUSTOMIZE) lint
 	scripts/debian-packages
 	ADSTREAM_KUSTOMIZE=$(KUSTOMIZE) $(BIN)/python -m pytest -ra --durations=25
 
