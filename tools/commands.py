@@ -60,7 +60,15 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 
 def read_requests(source: str, fmt: str, reply_to: str | None) -> Iterator[
         tuple[int, ScoreRequest | SchemaError]]:
-    """Yield (line or item number, request or the error that names what was wrong)."""
+    """Yield (line or item number, request or the error that names what was wrong);
+    ``reply_to`` replaces each request's own."""
+    for i, req in _read_requests(source, fmt):
+        if reply_to and isinstance(req, ScoreRequest):
+            req.reply_to = reply_to
+        yield i, req
+
+
+def _read_requests(source: str, fmt: str) -> Iterator[tuple[int, ScoreRequest | SchemaError]]:
     stream = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
     try:
         if fmt == "auto":
@@ -74,8 +82,6 @@ def read_requests(source: str, fmt: str, reply_to: str | None) -> Iterator[
                 except SchemaError as e:
                     yield i, e
                     continue
-                if reply_to:
-                    req.reply_to = reply_to
                 yield i, req
             return
         for i, line in enumerate(stream, 1):
@@ -90,8 +96,6 @@ def read_requests(source: str, fmt: str, reply_to: str | None) -> Iterator[
             except SchemaError as e:
                 yield i, e
                 continue
-            if reply_to:
-                req.reply_to = reply_to
             yield i, req
     finally:
         if stream is not sys.stdin.buffer:
