@@ -30,12 +30,13 @@ from schemas.messages import (
     encode_json,
     schema_name,
 )
-from schemas.strings import StringColumn, category_ids
+from schemas.strings import StringColumn, category_id, category_ids
 from workers.client import ResultWaiter, request_message
 from workers.features import FeaturePipeline
 from workers.model_repo import load_model
 from workers.roles import THREE_HOPS, ensure_topics, run_roles, transport_for
 from workers.settings import Settings
+from workers.transforms import hash_scalars
 
 CONTRACT = Path(__file__).resolve().parent.parent / "docs" / "contract"
 _names = itertools.count()
@@ -51,6 +52,19 @@ def test_category_ids_are_fnv1a_64_and_decimal_strings_are_their_integer() -> No
     assert category_ids(col).tolist()[3:6] == [17, -5, 7]
     fnv = _fnv1a_64_reference
     assert ids[6:] == [fnv("-"), fnv("1a"), fnv("--1"), 10**18 - 1, fnv("1" * 19), fnv("é")]
+
+
+def test_one_string_gets_the_category_id_its_column_gives() -> None:
+    values = ["", "a", "foobar", "17", "-5", "007", "-", "1a", "--1", "-0", "9" * 18,
+              "-" + "9" * 18, "1" * 19, "é", "日本", "x" * 256, " 1", "1 ", "+1", "١٢"]
+    values += [f"u{i}" for i in range(200)] + [str(i * 7919) for i in range(200)]
+    want = category_ids(StringColumn.of(values)).tolist()
+    assert [category_id(v) for v in values] == want
+    # hash_scalars takes the scalar path for a few strings and the column path for many
+    few, many = hash_scalars(values[:20]), hash_scalars(values)
+    assert few.tolist() == many[:20].tolist()
+    with pytest.raises(ValueError):
+        category_id("x" * 257)
 
 
 def _fnv1a_64_reference(text: str) -> int:

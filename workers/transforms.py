@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from schemas.errors import SchemaError
-from schemas.strings import MAX_VALUE_BYTES, StringColumn, category_ids
+from schemas.strings import MAX_VALUE_BYTES, StringColumn, category_id, category_ids
 
 Scalar = str | int | float | bool
 
@@ -43,11 +43,13 @@ def hash_scalar(value: Scalar | None) -> np.uint64:
 
 
 _INT64 = range(-2**63, 2**63)
+_FEW_STRINGS = 64  # up to this many strings hash one by one (cached), more as a column
 
 
 def hash_scalars(values: list[object], sources: Sequence[str] = ("value",)) -> np.ndarray:
     """:func:`hash_scalar` of each value: the integers in one vectorized call, the strings
-    (and non-integral numbers, as their ``str``) in one :func:`category_ids` call. Value i
+    (and non-integral numbers, as their ``str``) through their category ids, one by one
+    and cached when they are few, else in one :func:`category_ids` call. Value i
     comes from ``sources[i % len(sources)]`` (what an error names)."""
     ids = np.empty(len(values), np.int64)
     strs: list[str] = []
@@ -66,7 +68,7 @@ def hash_scalars(values: list[object], sources: Sequence[str] = ("value",)) -> n
         else:
             strs.append(value if isinstance(value, str) else str(value))
             where.append(i)
-    if strs:
+    if len(strs) > _FEW_STRINGS:  # a column's worth: one vectorized call
         try:
             col = StringColumn.of(strs)
         except UnicodeEncodeError:
@@ -76,14 +78,26 @@ def hash_scalars(values: list[object], sources: Sequence[str] = ("value",)) -> n
         lens = np.diff(col.offsets)
         if lens.max() > MAX_VALUE_BYTES:
             bad = where[int(np.argmax(lens))]
-            raise SchemaError(sources[bad % len(sources)],
-                              f"{int(lens.max())} bytes; a categorical string is at most "
-                              f"{MAX_VALUE_BYTES} bytes")
+            raise _too_long(sources[bad % len(sources)], int(lens.max()))
         ids[where] = category_ids(col)
+    else:
+        for i, text in zip(where, strs, strict=True):
+            try:
+                ids[i] = category_id(text)
+            except UnicodeEncodeError:
+                raise SchemaError(sources[i % len(sources)], "a string that is not valid "
+                                                             "Unicode") from None
+            except ValueError as e:
+                raise _too_long(sources[i % len(sources)], e.args[0]) from None
     out = mix64(ids.view(np.uint64))
     if missing:
         out[missing] = MISSING
     return out
+
+
+def _too_long(source: str, n: int) -> SchemaError:
+    return SchemaError(source, f"{n} bytes; a categorical string is at most "
+                               f"{MAX_VALUE_BYTES} bytes")
 
 
 def _encodes(text: str) -> bool:
