@@ -35,7 +35,9 @@ class KafkaOptions:
     partition_fetch_bytes: int = 1024 * 1024
     isolation_level: str = "read_uncommitted"
     connect_timeout_s: float = 0.0  # how long starting a client waits for a broker
-    instance_suffix: str | None = None  # static membership: group members' instance id suffix
+    instance_suffix: str | None = None  # static membership: this suffix, or else ...
+    static_membership: bool = False  # ... the supervised child's, read when a consumer starts
+    instance_prefix: str = ""  # (a standby learns its index only when it takes over)
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     consumer_options: Mapping[str, Any] = field(default_factory=dict)
     producer_options: Mapping[str, Any] = field(default_factory=dict)
@@ -56,12 +58,18 @@ def kafka_options(section: KafkaSection, *, wait_for_broker: bool = True) -> Kaf
         delivery_timeout_ms=section.delivery_timeout_ms,
         max_poll_interval_ms=section.max_poll_interval_ms,
         connect_timeout_s=section.connect_timeout_s if wait_for_broker else 0.0,
-        instance_suffix=instance_suffix(section.static_membership, section.instance_prefix),
+        static_membership=section.static_membership,
+        instance_prefix=section.instance_prefix,
         security=security_from(section),
         consumer_options=dict(section.consumer_options),
         producer_options=dict(section.producer_options),
         admin_options=dict(section.admin_options),
     )
+
+
+def member_suffix(opts: KafkaOptions) -> str | None:
+    """The group instance id suffix of this process's consumers now (None: dynamic)."""
+    return opts.instance_suffix or instance_suffix(opts.static_membership, opts.instance_prefix)
 
 
 def _common(bootstrap: str, opts: KafkaOptions, client_id: str | None) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -45,7 +46,8 @@ class Stack:
         for table, values in tables.items():
             lines.append(f"[{table}]")
             for k, v in values.items():
-                lines.append(f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"')
+                value = json.dumps(v) if isinstance(v, str | bool) else repr(v)  # TOML's forms
+                lines.append(f"{k} = {value}")
         self.config = tmp / "adstream.toml"
         self.config.write_text("\n".join(lines) + "\n")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -64,7 +66,7 @@ class Stack:
 
     def start(self, role: str, wait: bool = True, processes: int | None = None,
               name: str | None = None, env: dict[str, str] | None = None,
-              own_group: bool = False) -> None:
+              own_group: bool = False, standby: int = 0) -> None:
         """Start ``role`` (under a supervisor when ``processes`` is given) as ``name``;
         ``env`` adds environment variables (settings) for that process only; with
         ``own_group`` it leads its own process group (signalled as a terminal would)."""
@@ -73,6 +75,7 @@ class Stack:
         log = self.tmp / f"{name}.{self.starts[name]}.log"
         self.logs[name] = log
         extra = ["--processes", str(processes)] if processes else []
+        extra += ["--standby", str(standby)] if standby else []
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "worker", role, "--config", str(self.config),
              *extra],
@@ -106,6 +109,16 @@ class Stack:
         out = subprocess.run(["pgrep", "-P", str(self.procs[name].pid)], capture_output=True,
                              text=True, check=False)
         return [int(x) for x in out.stdout.split()]
+
+    def members(self, name: str) -> list[int]:
+        """Pids of a supervisor's group members now (not its standbys), from its last
+        ``members`` log line."""
+        for line in reversed(self.logs[name].read_text(errors="replace").splitlines()):
+            if line.startswith("{") and '"members"' in line:
+                event = json.loads(line)
+                if event.get("event") == "members":
+                    return sorted(event["members"].values())
+        raise AssertionError(f"no members line in the log of {name}")
 
     def tails(self, lines: int = 15) -> str:
         """The last lines of every worker's log: what a failing fault test shows."""

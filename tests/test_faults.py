@@ -505,19 +505,20 @@ class CommitWatch:
         self._thread.join(10)
 
 
-@pytest.mark.xfail(reason="not met yet: one run gave lost=0 but 2811/3300 ok (85%) and a "
-                   "features outage of 4.99 s (a restarted child needs ~5 s to start, load "
-                   "and rejoin on a 2-core machine)", strict=True)
+@pytest.mark.xfail(strict=False, reason="standbys are new (stop 12); measured only on a machine "
+                   "loaded by other work, where a child took 20-40 s to start")
 def test_six_sigkills_in_30s_with_2s_deadlines_answer_99_percent_ok(kafka_bootstrap,
                                                                    model_repo, tmp_path):
-    """Every role under a 2-process supervisor (static membership), 6 SIGKILLs of random
-    children over 30 s at 100 requests/s with 2 s deadlines: nothing lost, >= 99% answered
-    ok; prints each kill's outage (kill to its partitions' next commit)."""
-    stack = _stack(kafka_bootstrap, model_repo, tmp_path)
+    """Every role under a 2-process supervisor with one standby (static membership), 6
+    SIGKILLs of random members over 30 s at 100 requests/s with 2 s deadlines: nothing
+    lost, >= 99% answered ok; prints each kill's outage (kill to its partitions' next
+    commit)."""
+    stack = _stack(kafka_bootstrap, model_repo, tmp_path,
+                   kafka={"static_membership": True, "instance_prefix": tmp_path.name})
     watch = None
     try:
         for role in ROLES_3:
-            stack.start(role, wait=False, processes=2)
+            stack.start(role, wait=False, processes=2, standby=1)
         for role in ROLES_3:
             stack.wait_ready(role)
         watch = CommitWatch(stack.bootstrap, [f"{stack.prefix}-{r}" for r in ROLES_3])
@@ -528,7 +529,7 @@ def test_six_sigkills_in_30s_with_2s_deadlines_answer_99_percent_ok(kafka_bootst
         for _ in range(6):
             time.sleep(4.5)
             role = rng.choice(ROLES_3)
-            os.kill(rng.choice(stack.children(role)), signal.SIGKILL)
+            os.kill(rng.choice(stack.members(role)), signal.SIGKILL)
             kills.append((role, time.monotonic()))
         assert not traffic.done.is_set(), "the kills came after the stream"
         results = traffic.wait_answered(timeout=120)

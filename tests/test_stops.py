@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -208,3 +210,83 @@ def test_supervisor_passes_one_stop_on_once_and_exits_0(tmp_path):
     assert proc.returncode == 0, text
     assert text.count("child heard 1") == 2 and "child heard 2" not in text, text
     assert "child 0" in text and "child 1" in text
+
+
+STANDBY_CHILD = """
+import asyncio, os, sys, time
+from pipeline import runner
+from pipeline.membership import CHILD_INDEX_ENV, claim
+
+async def main(stop):
+    started = os.environ[CHILD_INDEX_ENV]
+    if not await claim(stop):
+        print(f"standby left {os.getpid()}", flush=True)
+        return 0
+    print(f"member {os.environ[CHILD_INDEX_ENV]} pid {os.getpid()} was {started} at "
+          f"{time.monotonic()}", flush=True)
+    await stop.wait()
+    print(f"member stopped {os.environ[CHILD_INDEX_ENV]}", flush=True)
+    return 0
+
+sys.exit(runner.run(main))
+"""
+
+STANDBY_SUPERVISOR = """
+    import sys
+    from pipeline.supervisor import Supervisor
+    print("ready", flush=True)
+    sys.exit(Supervisor([sys.executable, "-c", CHILD], 2, standby=1, stop_timeout_s=10,
+                        min_uptime_s=0.5).run())
+"""
+
+
+MEMBER = re.compile(r"member (\d+) pid (\d+) was (\S+) at ([\d.]+)")
+
+
+class _Output:
+    """Everything ``proc`` prints, read by a thread, so a wait has a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.text = ""
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for line in iter(proc.stdout.readline, b""):
+            with self._lock:
+                self.text += line.decode(errors="replace")
+
+    def wait_for(self, pattern: str, n: int = 1, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while len(re.findall(pattern, self.text)) < n:
+            assert time.monotonic() < deadline, f"no {n} x {pattern!r} in:\n{self.text}"
+            time.sleep(0.02)
+        return self.text
+
+    def rest(self, timeout: float = 10) -> str:
+        self._thread.join(timeout)
+        return self.text
+
+
+def test_a_standby_takes_a_killed_members_index_at_once_and_is_replaced(tmp_path):
+    proc = _spawn(STANDBY_SUPERVISOR.replace("CHILD", repr(STANDBY_CHILD)), tmp_path)
+    _ready(proc)
+    out = _Output(proc)
+    members = {int(m[1]): int(m[2]) for m in MEMBER.finditer(out.wait_for(MEMBER.pattern, 2))}
+    assert sorted(members) == [0, 1], out.text
+    out.wait_for("standby: loaded")  # the standby is up and waiting
+    killed_at = time.monotonic()
+    os.kill(members[1], signal.SIGKILL)
+    out.wait_for(MEMBER.pattern, 3)
+    took = [m for m in MEMBER.finditer(out.text) if m[3] == "standby"]
+    assert len(took) == 1 and took[0][1] == "1", out.text  # member 1's index, by the standby
+    assert float(took[0][4]) - killed_at < 1.0, out.text
+    out.wait_for("standby: loaded", 2)  # a new standby is up too; now stop everything
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+    text = out.rest()
+    assert proc.returncode == 0, text
+    assert text.count("member stopped") == 2 and "standby left" in text, text
+    assert "a standby takes over" in text and "Traceback" not in text, text

@@ -14,6 +14,7 @@ import msgpack
 
 from pipeline import runner
 from pipeline.cli import settings_from_args
+from pipeline.config import ConfigError
 from pipeline.headers import now_ms
 from schemas.errors import SchemaError
 from schemas.json_form import request_from_json
@@ -173,11 +174,16 @@ def _run_roles(args: argparse.Namespace, roles: list[str]) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if args.standby and args.processes is None:
+        raise ConfigError("--standby needs --processes: standbys are a supervisor's")
     if args.processes is None:
         return _run_roles(args, [args.role])
     from pipeline.supervisor import Supervisor
 
     s = _settings(args)  # validates the configuration once, before any child starts
+    if args.standby and not s.kafka.static_membership:
+        raise ConfigError("--standby needs kafka.static_membership = true: a standby takes "
+                          "a dead member's partitions over by joining as its instance")
     child = [sys.executable, "-m", "pipeline.cli", *_without_processes(sys.argv[1:])]
     port = s.metrics.port
 
@@ -185,8 +191,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
         # each child serves its metrics on its own port: port, port + 1, ...
         return ["--set", f"metrics.port={port + index}"] if port else []
 
-    return Supervisor(child, args.processes, stop_timeout_s=s.actor.drain_timeout_s + 10,
-                      child_args=child_args).run()
+    return Supervisor(child, args.processes, standby=args.standby,
+                      stop_timeout_s=s.actor.drain_timeout_s + 10, child_args=child_args).run()
+
+
+def _at_least(low: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+    return parse
 
 
 def _without_processes(argv: list[str]) -> list[str]:
@@ -195,9 +213,9 @@ def _without_processes(argv: list[str]) -> list[str]:
     for a in argv:
         if skip:
             skip = False
-        elif a == "--processes":
+        elif a in ("--processes", "--standby"):
             skip = True
-        elif not a.startswith("--processes="):
+        elif not a.startswith(("--processes=", "--standby=")):
             out.append(a)
     return out
 
@@ -354,9 +372,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     worker = sub.add_parser("worker", parents=[common], help="run one role")
     worker.add_argument("role", choices=["features", "scorer", "aggregator", "fused"],
                         help="fused = features and scorer in one process, no Kafka hop between")
-    worker.add_argument("--processes", type=int, default=None, metavar="N",
+    worker.add_argument("--processes", type=_at_least(1), default=None, metavar="N",
                         help="run N group members under a supervisor that restarts crashed "
                              "ones and forwards SIGTERM")
+    worker.add_argument("--standby", type=_at_least(0), default=0, metavar="K",
+                        help="with --processes and kafka.static_membership: keep K more "
+                             "children loaded but out of the group; one takes a dead "
+                             "member's place (and partitions) at once")
     worker.set_defaults(func=cmd_worker)
 
     run = sub.add_parser("run", parents=[common], help="run all three roles in this process")

@@ -14,6 +14,7 @@ from pipeline.admin import AdminRoutes
 from pipeline.batcher import DynamicBatcher
 from pipeline.endpoint import keep_fresh, start_server
 from pipeline.kafka_clients import kafka_options
+from pipeline.membership import claim
 from pipeline.metrics import Check, Metrics
 from pipeline.middleware import Middleware
 from pipeline.tracing import Tracing
@@ -217,6 +218,8 @@ async def run_roles(
         for a in actors:
             for name, route in a.handler.admin_routes().items():
                 admin.add(name, route)
+        if not await claim(stop):  # a standby, models loaded, stopped before it was needed
+            return actors
         finished = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             runs = [tg.create_task(a.run(stop)) for a in actors]

@@ -37,6 +37,7 @@ from pipeline.kafka_clients import (
     KafkaOptions,
     admin_kwargs,
     consumer_kwargs,
+    member_suffix,
     producer_kwargs,
 )
 from pipeline.kafka_reach import LOG_EVERY_S, started
@@ -124,8 +125,7 @@ class KafkaConsumer(Consumer):
         self._kwargs = consumer_kwargs(
             bootstrap, opts,
             group_id=group_id,
-            group_instance_id=None if group_id is None
-            else group_instance_id(group_id, opts.instance_suffix),
+            group_instance_id=self._instance_id(),
             enable_auto_commit=False,
             auto_offset_reset="latest" if from_end else "earliest",
             session_timeout_ms=opts.session_timeout_ms,
@@ -136,7 +136,12 @@ class KafkaConsumer(Consumer):
             isolation_level="read_committed" if read_committed else opts.isolation_level,
         )
 
+    def _instance_id(self) -> str | None:
+        return None if self.group_id is None else group_instance_id(self.group_id,
+                                                                     member_suffix(self.opts))
+
     async def start(self) -> None:
+        self._kwargs["group_instance_id"] = self._instance_id()  # a standby's, once it took over
         self._c = await started(lambda: AIOKafkaConsumer(**self._kwargs), self.bootstrap,
                                 self.opts, "consumer")
         if self.group_id is None:
