@@ -394,8 +394,8 @@ def make_traffic(plan: BenchPlan, path: Path) -> Traffic:
 async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "auto", stop: asyncio.Event | None = None,
                 keep_dir: Path | None = None) -> dict[str, Any]:
     from pipeline.config import to_toml
-    from workers.model_repo import load_model
     from workers.roles import ensure_topics, transport_for
+    from workers.scoring.repository import load_model
 
     tmp = Path(tempfile.mkdtemp(prefix="adstream-bench-", dir=keep_dir))
     broker = await broker_for(settings, tmp)

@@ -36,12 +36,12 @@ from pipeline.logs import configure
 from pipeline.runner import tune_gc
 from pipeline.transport import Outgoing, Transport
 from schemas.messages import FeatureChunk, encode
-from workers.backends import ScoringBackend, create_backend
-from workers.model_build import build_reference_model
-from workers.model_repo import ModelSpec, load_model
-from workers.model_versions import ModelVersions
 from workers.roles import transport_for
-from workers.scorer import ScoringWorker
+from workers.scoring.backends import ScoringBackend, create_backend
+from workers.scoring.reference_model import build_reference_model
+from workers.scoring.repository import ModelSpec, load_model
+from workers.scoring.scorer import ScoringWorker
+from workers.scoring.versions import ModelVersions
 from workers.settings import Settings
 
 

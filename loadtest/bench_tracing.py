@@ -34,8 +34,8 @@ from pipeline.transport import Outgoing, open_transport
 from pipeline.transport.base import Record
 from schemas.json_form import request_from_json
 from schemas.messages import encode
-from workers.model_build import build_reference_model
 from workers.roles import build_handler
+from workers.scoring.reference_model import build_reference_model
 from workers.settings import Settings
 
 VARIANTS = ("off", "on, none sampled", "on, all sampled", "off again")

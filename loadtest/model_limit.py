@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from workers.backends import create_backend
-from workers.model_repo import ModelSpec
+from workers.scoring.backends import create_backend
+from workers.scoring.repository import ModelSpec
 
 BATCH_ROWS = "adstream_batch_rows"
 

@@ -26,9 +26,9 @@ from pipeline.transport.base import Record
 from pipeline.transport.memory import MemoryBroker, MemoryTransport
 from schemas.json_form import request_from_json
 from schemas.messages import encode
-from workers.backends import create_backend
-from workers.feature_actor import FeatureActor
+from workers.features.actor import FeatureActor
 from workers.roles import feature_pipeline, model_spec
+from workers.scoring.backends import create_backend
 from workers.settings import Settings
 
 

@@ -103,7 +103,7 @@ async def _wait_ready(ready: asyncio.Event, roles: asyncio.Task[object],
 def ensure_model(settings: Settings) -> None:
     repo = Path(settings.scorer.model_repo)
     if not (repo / settings.scorer.model / "config.toml").exists():
-        from workers.model_build import build_reference_model
+        from workers.scoring.reference_model import build_reference_model
 
         path = build_reference_model(repo, name=settings.scorer.model)
         print(f"built the reference model: {path}", file=sys.stderr)

@@ -212,7 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_model_build(args: argparse.Namespace) -> int:
-    from workers.model_build import build_reference_model
+    from workers.scoring.reference_model import build_reference_model
 
     s = _settings(args)
     repo = Path(args.repo or s.scorer.model_repo)
@@ -241,16 +241,16 @@ def _traffic_requests(args: argparse.Namespace) -> list[ScoreRequest]:
 def cmd_model_quantize(args: argparse.Namespace) -> int:
     import tempfile
 
-    from workers.model_repo import ModelRepositoryError, load_model
-    from workers.quantize import (
+    from workers.roles import feature_pipeline
+    from workers.scoring.quantize import (
         QuantizationRefused,
         Traffic,
         compare,
         install,
         quantize_file,
     )
-    from workers.quantize_bounds import Bounds
-    from workers.roles import feature_pipeline
+    from workers.scoring.quantize_bounds import Bounds
+    from workers.scoring.repository import ModelRepositoryError, load_model
 
     s = _settings(args)
     repo = Path(args.repo or s.scorer.model_repo)
@@ -383,7 +383,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=cmd_model_build)
 
-    from workers.quantize_bounds import MODES, Bounds
+    from workers.scoring.quantize_bounds import MODES, Bounds
 
     b = Bounds()
     quant = msub.add_parser(

@@ -46,8 +46,8 @@ def run_demo(settings: Settings, *, broker: str, requests: int, seed: int, rate:
     from loadtest.generate import generate
     from pipeline.kafka_clients import kafka_options
     from workers.client import ResultWaiter, send_requests
-    from workers.model_build import build_reference_model
     from workers.roles import ensure_topics, run_roles, transport_for
+    from workers.scoring.reference_model import build_reference_model
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # transient start-up noise
     started: kafka.LocalBroker | None = None

@@ -20,10 +20,10 @@ from pipeline.timeslice import TimeSlice
 from pipeline.tracing import current_batch
 from pipeline.transport.base import TP, Outgoing, Record
 from schemas.messages import ScoreResult
-from workers.feature_actor import FeatureActor, Prepared
-from workers.ranking import rank
+from workers.aggregation.ranking import rank
+from workers.features.actor import FeatureActor, Prepared
 from workers.replies import result_message
-from workers.scorer import Rows, ScoringWorker
+from workers.scoring.scorer import Rows, ScoringWorker
 from workers.spans import model_steps
 
 

@@ -18,13 +18,13 @@ from pipeline.metrics import Check, Metrics
 from pipeline.middleware import Middleware
 from pipeline.tracing import Tracing
 from pipeline.transport import Transport, open_transport
-from workers.aggregator import Aggregator
-from workers.feature_actor import FeatureActor
-from workers.features import FeaturePipeline
+from workers.aggregation.aggregator import Aggregator
+from workers.features.actor import FeatureActor
+from workers.features.spec import FeaturePipeline
 from workers.fused import FusedFeaturesScorer
-from workers.model_repo import ModelSpec, load_model
-from workers.model_versions import ModelVersions
-from workers.scorer import ScoringWorker
+from workers.scoring.repository import ModelSpec, load_model
+from workers.scoring.scorer import ScoringWorker
+from workers.scoring.versions import ModelVersions
 from workers.settings import Settings
 
 ROLES = ("features", "scorer", "aggregator", "fused")
@@ -58,7 +58,7 @@ def scoring_version(settings: Settings, spec: ModelSpec, metrics: Metrics | None
                     ) -> tuple[DynamicBatcher, list[Callable[..., np.ndarray]]]:
     """One version's batcher over ``instances`` backends (each its own onnxruntime session
     or stream) plus its spill instances, and the score functions of all of them."""
-    from workers.backends import create_backend
+    from workers.scoring.backends import create_backend
 
     sc, c = settings.scorer, spec.config
     instances = sc.instances or c.instance_count
@@ -79,7 +79,7 @@ def scoring_version(settings: Settings, spec: ModelSpec, metrics: Metrics | None
         spill_after_ms=sc.spill_after_ms,
     )
     if metrics is not None:
-        from workers.backends.cupy_pool import pool_stats
+        from workers.scoring.backends.cupy_pool import pool_stats
 
         metrics.watch_queue(spec.name, str(spec.version), lambda: batcher.queued_rows)
         metrics.watch_spill(spec.name, str(spec.version), lambda: (

@@ -1,6 +1,6 @@
 """Feature transforms: small functions over columns that fill a request's model inputs.
 
-A feature pipeline is a list of transforms (see :mod:`workers.features`). Each one reads
+A feature pipeline is a list of transforms (see :mod:`workers.features.spec`). Each one reads
 the request (user and context scalars, candidate columns) and writes one column of the
 ``sparse`` (embedding ids) or ``dense`` (normalized numbers) matrix. Everything is
 vectorized: a request with 300 candidates costs a handful of numpy calls per feature.

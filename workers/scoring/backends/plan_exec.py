@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from workers.backends.graph_plan import AddStep, AffineStep, ConcatStep, Plan
+from workers.scoring.backends.graph_plan import AddStep, AffineStep, ConcatStep, Plan
 
 DENSE_F32 = "__dense_f32"  # float32 dense input when the compute dtype is not float32
 SCORES_F32 = "__scores_f32"  # float32 scores when the compute dtype is not float32

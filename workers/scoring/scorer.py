@@ -27,9 +27,9 @@ from schemas.messages import (
     first_nonfinite_row,
     schema_name,
 )
-from workers.model_routing import ShadowSummary, Split
-from workers.model_versions import ModelVersions
 from workers.replies import dead_letter
+from workers.scoring.routing import ShadowSummary, Split
+from workers.scoring.versions import ModelVersions
 from workers.settings import Settings
 from workers.spans import model_steps, open_stage, record_attributes
 

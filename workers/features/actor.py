@@ -24,7 +24,7 @@ from schemas.messages import (
     peek_request,
     schema_name,
 )
-from workers.features import FeaturePipeline
+from workers.features.spec import FeaturePipeline
 from workers.replies import dead_letter, status_result
 from workers.request_ids import Origin
 from workers.settings import Settings

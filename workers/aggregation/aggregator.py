@@ -27,7 +27,7 @@ from pipeline.timeslice import TimeSlice
 from pipeline.tracing import BatchClock, current_batch, link, parent_of
 from pipeline.transport.base import TP, Outgoing, Record, Transport
 from schemas.messages import ScoreChunk, ScoreResult, decode, schema_name
-from workers.ranking import rank
+from workers.aggregation.ranking import rank
 from workers.replies import dead_letter, result_message, status_result
 from workers.request_ids import Origin, RequestIds, Seen
 from workers.settings import Settings

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from schemas.messages import ScoreRequest
-from workers.feature_plan import CategoricalSpec, CrossSpec, FeaturePlan, NumericSpec
-from workers.transforms import FeatureBatch, Transform, categorical, cross, numeric
+from workers.features.plan import CategoricalSpec, CrossSpec, FeaturePlan, NumericSpec
+from workers.features.transforms import FeatureBatch, Transform, categorical, cross, numeric
 
-DEFAULT_SPEC = Path(__file__).with_name("features.default.toml")
+DEFAULT_SPEC = Path(__file__).with_name("default.toml")
 
 
 class FeatureConfigError(ValueError):

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from workers.backends.base import UnsupportedModelError
+from workers.scoring.backends.base import UnsupportedModelError
 
 SUPPORTED_OPS = frozenset(
     {
