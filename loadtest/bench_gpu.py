@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from loadtest.gpu_selftest import build_spec, environment
+from loadtest.random_rows import random_rows
 from workers.scoring.backends import ScoringBackend
-from workers.scoring.backends.gpu_selftest import build_spec, environment, random_rows
 from workers.scoring.repository import ModelSpec, load_model
 
 SIZES = (256, 1024, 4096, 16384, 65536)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.model_limit import random_rows
+from loadtest.random_rows import random_rows
 from pipeline.actor import Actor
 from pipeline.batcher import DynamicBatcher
 from pipeline.config import ActorSection
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (repo / "ctr" / "config.toml").exists():
         build_reference_model(repo)
     spec = load_model(repo, "ctr")
-    dense, sparse = random_rows(spec, args.rows)
+    dense, sparse = random_rows(spec.config, args.rows)
     tune_gc()
     pipeline_rps, batcher = asyncio.run(_pipeline(spec, args, dense, sparse))
     sizes = np.array(batcher.stats.sizes)

@@ -1,7 +1,7 @@
 """GPU checks of the CuPy backend (parity, sharing, backpressure, CUDA graphs).
 
 Used by ``tests/test_gpu.py`` and runnable without pytest on a GPU machine:
-``python -m workers.scoring.backends.gpu_selftest`` (exit status 1 if a check fails).
+``python -m loadtest.gpu_selftest`` (exit status 1 if a check fails).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from loadtest.random_rows import random_rows
 from workers.scoring.reference_model import build_reference_model
-from workers.scoring.repository import ModelConfig, ModelSpec, load_model
+from workers.scoring.repository import ModelSpec, load_model
 
 PARITY_ROWS = 10_000
 ODD_BATCH_SIZES = (1, 777, 3001)
@@ -37,15 +38,6 @@ class CheckResult:
     status: str
     detail: str
     seconds: float
-
-
-def random_rows(config: ModelConfig, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Standardised dense features and uniformly random in-range sparse ids."""
-    rng = np.random.default_rng(seed)
-    dense = rng.standard_normal((n, len(config.dense_features)), dtype=np.float32)
-    buckets = np.asarray(config.sparse_buckets, dtype=np.int64)
-    sparse = rng.integers(0, buckets, size=(n, len(buckets)), dtype=np.int64)
-    return dense, sparse
 
 
 def reference_scores(spec: ModelSpec, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
@@ -358,7 +350,7 @@ def run_checks(spec: ModelSpec, warn_only: tuple[str, ...] = ("cuda graphs captu
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the GPU self-test; exit status 0 when every check passes, 2 without a GPU."""
-    parser = argparse.ArgumentParser(prog="python -m workers.scoring.backends.gpu_selftest")
+    parser = argparse.ArgumentParser(prog="python -m loadtest.gpu_selftest")
     parser.add_argument("--repo", type=Path, help="model repository (default: a temp build)")
     args = parser.parse_args(argv)
     from workers.scoring.backends import cuda_available
