@@ -34,7 +34,7 @@ from pipeline.transport import Outgoing, open_transport
 from pipeline.transport.base import Record
 from schemas.json_form import request_from_json
 from schemas.messages import encode
-from workers.roles import build_handler
+from workers.roles import THREE_HOPS, build_handler
 from workers.scoring.reference_model import build_reference_model
 from workers.settings import Settings
 
@@ -129,7 +129,7 @@ async def _bench(args: argparse.Namespace, repo: Path) -> tuple[Times, dict[str,
     tracings = {v: _tracing(v) for v in VARIANTS}
     # one set of handlers (one model session) for all variants, so that only the tracer
     # and the sampling ratio differ between them
-    handlers = [build_handler(r, s, transport) for r in ("features", "scorer", "aggregator")]
+    handlers = [build_handler(r, s, transport) for r in THREE_HOPS]
     times: Times = {v: [] for v in VARIANTS}
 
     async def send(msgs: list[Outgoing], source: object = None) -> None:

@@ -29,7 +29,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
-    from workers.roles import ensure_topics, transport_for
+    from workers.roles import ensure_topics, topics, transport_for
 
     s = _settings(args)
     if args.partitions is not None:
@@ -45,9 +45,7 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
         return created
 
     created = runner.run(go)
-    t = s.topics
-    for name in (t.requests, t.features, t.scores, t.results, t.dlq, t.changelog,
-                 *args.reply_topic):
+    for name in (*topics(s), *args.reply_topic):
         n = 1 if name in args.reply_topic else s.topics.partitions
         state = "created" if name in created else "exists"
         print(f"{name}: {state}" + (f" ({n} partition{'s' if n > 1 else ''})"
@@ -203,9 +201,9 @@ def _without_processes(argv: list[str]) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from workers.roles import FUSED, THREE_HOPS
+    from workers.roles import topology
 
-    return _run_roles(args, list(FUSED if args.fused else THREE_HOPS))
+    return _run_roles(args, list(topology(args.fused).roles))
 
 
 # ---- model -----------------------------------------------------------------------------------
