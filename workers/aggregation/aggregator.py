@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline import headers as H
-from pipeline.actor import Handler, Held, PartitionLost, Result, Send
+from pipeline.actor import Held, PartitionLost, Result, Send
 from pipeline.timeslice import TimeSlice
 from pipeline.tracing import BatchClock, current_batch, link, parent_of
 from pipeline.transport.base import TP, Outgoing, Record, Transport
 from schemas.messages import ScoreChunk, ScoreResult, decode, schema_name
 from workers.aggregation.ranking import rank
-from workers.replies import dead_letter, result_message, status_result
+from workers.replies import DeadLettering, result_message, status_result
 from workers.request_ids import Origin, RequestIds, Seen
 from workers.settings import Settings
 from workers.spans import AGGREGATION, open_stage
@@ -58,7 +58,7 @@ class _Pending:
     others: list[dict[str, bytes]] | None = None
 
 
-class Aggregator(Handler):
+class Aggregator(DeadLettering):
     name = "aggregator"
     holds = True
 
@@ -294,6 +294,3 @@ class Aggregator(Handler):
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(tick, wait))
-
-    def dead_letter(self, record: Record, error: Exception) -> list[Outgoing]:
-        return [dead_letter(record, error, self.name, self.s.topics.dlq)]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline import headers as H
-from pipeline.actor import Handler, Result
+from pipeline.actor import Result
 from pipeline.timeslice import TimeSlice
 from pipeline.tracing import BatchClock, child, current_batch, parent_of
 from pipeline.transport.base import Outgoing, Record, Transport
@@ -25,7 +25,7 @@ from schemas.messages import (
     schema_name,
 )
 from workers.features.spec import FeaturePipeline
-from workers.replies import dead_letter, status_result
+from workers.replies import DeadLettering, status_result
 from workers.request_ids import Origin
 from workers.settings import Settings
 from workers.spans import FEATURE_PLAN, open_stage, record_attributes
@@ -38,7 +38,7 @@ CHUNK_SCHEMA = schema_name(FeatureChunk.TYPE)
 OFF_LOOP_ROWS = 2048  # a plan call over this many rows (~1 ms) runs in a thread, off the loop
 
 
-class FeatureActor(Handler):
+class FeatureActor(DeadLettering):
     name = "features"
     ordered = True
 
@@ -224,7 +224,7 @@ class FeatureActor(Handler):
 
     def dead_letter(self, record: Record, error: Exception) -> list[Outgoing]:
         """The dead letter, and a ``rejected`` answer when the request can be addressed."""
-        out = [dead_letter(record, error, self.name, self.s.topics.dlq)]
+        out = super().dead_letter(record, error)
         if isinstance(error, SchemaError) and error.request_id:
             topic = self.s.topics.results
             if error.reply_to and self._topics_seen.get(error.reply_to):

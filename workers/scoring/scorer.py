@@ -12,7 +12,7 @@ import numpy as np
 import structlog
 
 from pipeline import headers as H
-from pipeline.actor import Handler, Result, Send
+from pipeline.actor import Result, Send
 from pipeline.admin import AdminHandler
 from pipeline.batcher import DynamicBatcher, Timing
 from pipeline.timeslice import TimeSlice
@@ -27,7 +27,7 @@ from schemas.messages import (
     first_nonfinite_row,
     schema_name,
 )
-from workers.replies import dead_letter
+from workers.replies import DeadLettering
 from workers.scoring.routing import ShadowSummary, Split
 from workers.scoring.versions import ModelVersions
 from workers.settings import Settings
@@ -54,7 +54,7 @@ class Rows:
     user_id: str | None = None
 
 
-class ScoringWorker(Handler):
+class ScoringWorker(DeadLettering):
     name = "scorer"
     ordered = True
 
@@ -297,9 +297,6 @@ class ScoringWorker(Handler):
         if chunk.ad_id.shape[0] > self.batcher.max_rows:
             raise SchemaError("ad_id", f"{chunk.ad_id.shape[0]} rows exceed the batch limit "
                               f"{self.batcher.max_rows}", request_id=chunk.request_id)
-
-    def dead_letter(self, record: Record, error: Exception) -> list[Outgoing]:
-        return [dead_letter(record, error, self.name, self.s.topics.dlq)]
 
 
 def _version(body: Mapping[str, Any], *, required: bool) -> int | None:
