@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from loadtest.generate import generate
+from pipeline.headers import now_ms
 from pipeline.transport.base import Record
 from pipeline.transport.memory import MemoryBroker, MemoryTransport
 from schemas.json_form import request_from_json
@@ -47,7 +48,7 @@ class Cost:
 
 def _records(settings: Settings, requests: int, candidates: int, seed: int, strings: bool
              ) -> list[Record]:
-    now = int(time.time() * 1000)
+    now = now_ms()
     out = []
     for i, d in enumerate(generate(requests, seed=seed, candidates=f"fixed:{candidates}",
                                    timeout_ms=3_600_000, strings=strings)):

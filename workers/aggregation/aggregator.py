@@ -263,7 +263,7 @@ class Aggregator(DeadLettering):
         send path; sleeps until the earliest deadline (or an earlier one arrives)."""
         tick = self.s.aggregator.tick_ms / 1000
         while not self._closing.is_set():
-            now = time.time() * 1000
+            now = H.now_ms()
             while self._deadlines and self._deadlines[0][0] <= now:
                 _, rid = heapq.heappop(self._deadlines)
                 p = self._pending.get(rid)
@@ -289,7 +289,7 @@ class Aggregator(DeadLettering):
                     p.answered.set_exception(e)
                     raise
                 p.answered.set_result(None)
-            wait = (self._deadlines[0][0] - time.time() * 1000) / 1000 if self._deadlines \
+            wait = (self._deadlines[0][0] - H.now_ms()) / 1000 if self._deadlines \
                 else 3600.0
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

@@ -124,7 +124,7 @@ class FeatureActor(DeadLettering):
         and ended (epoch ns)."""
         results: list[Result] = [[] for _ in records]
         live: list[Prepared] = []
-        now_ms = time.time() * 1000
+        now_ms = H.now_ms()
         slice_ = TimeSlice()
         for i, rec in enumerate(records):
             await slice_.check()

@@ -119,7 +119,7 @@ class ScoringWorker(DeadLettering):
     async def handle(self, records: Sequence[Record]) -> list[Result]:
         results: list[Result] = [[] for _ in records]
         live: list[tuple[int, FeatureChunk]] = []
-        now_ms = time.time() * 1000
+        now_ms = H.now_ms()
         limit = self.s.actor.max_message_bytes
         slice_ = TimeSlice()
         for i, rec in enumerate(records):
@@ -202,7 +202,7 @@ class ScoringWorker(DeadLettering):
             for g in _group([parts[i] for i in members], self.batcher.max_rows):
                 groups.append([(members[j], lo, hi) for j, lo, hi in g])
                 targets.append(arm)
-        now_ms, now = time.time() * 1000, time.monotonic()
+        now_ms, now = H.now_ms(), time.monotonic()
         outs = await asyncio.gather(*(self._submit(parts, g, now_ms, now, arm, timed)
                                       for g, arm in zip(groups, targets, strict=True)))
         pieces: list[list[np.ndarray]] = [[] for _ in parts]
