@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import time
 from collections import OrderedDict
@@ -248,7 +249,7 @@ class Aggregator(DeadLettering):
         self.counts[status] += 1
         del self._pending[p.request_id]
         self._done[p.request_id] = p.partition
-        p.answered.add_done_callback(lambda fut, rid=p.request_id: self._sent(rid, fut))
+        p.answered.add_done_callback(functools.partial(self._sent, p.request_id))
         while len(self._done) > self.s.aggregator.dedupe_capacity:
             self._done.popitem(last=False)
         return msgs

@@ -70,8 +70,7 @@ class FeatureActor(DeadLettering):
             await slice_.check()
             req, n = item.request, item.request.n_candidates
             n_chunks = (n + step - 1) // step
-            bid = req.candidates["bid"].astype("<f4", copy=False)
-            ad_id = req.candidates["ad_id"].astype("<i8", copy=False)
+            ad_id, bid = ads_of(req)
             out = []
             for c in range(n_chunks):
                 sl = slice(c * step, (c + 1) * step)
@@ -233,6 +232,13 @@ class FeatureActor(DeadLettering):
             out.append(status_result(error.request_id, "rejected", topic, reason=error.reason,
                                      headers=record.headers))
         return out
+
+
+def ads_of(req: ScoreRequest) -> tuple[np.ndarray, np.ndarray]:
+    """A request's ad ids (int64) and bids (float32): number columns, as decoding checked."""
+    ad_id, bid = req.candidates["ad_id"], req.candidates["bid"]
+    assert isinstance(ad_id, np.ndarray) and isinstance(bid, np.ndarray)
+    return ad_id.astype("<i8", copy=False), bid.astype("<f4", copy=False)
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ column normalized at once — a handful of calls whatever the number of features
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,7 +56,7 @@ def _split(source: str) -> tuple[str, str]:
     return scope, key
 
 
-def _scalar(req: ScoreRequest, user: dict[str, object], scope: str, key: str) -> object:
+def _scalar(req: ScoreRequest, user: Mapping[str, object], scope: str, key: str) -> object:
     return (user if scope == "user" else req.context).get(key)
 
 
@@ -216,9 +216,10 @@ class FeaturePlan:
             for j, (scope, key) in enumerate(self.numeric_sources):
                 if scope == "candidate":
                     cols = [r.candidates.get(key) for r in reqs]
-                    if any(type(c) is StringColumn for c in cols):
+                    numbers = [c for c in cols if not isinstance(c, StringColumn)]
+                    if len(numbers) < len(cols):
                         raise SchemaError(f"candidates.{key}", NOT_NUMERIC)
-                    _fill(x[:, j], cols, bounds, self.defaults[j])
+                    _fill(x[:, j], numbers, bounds, self.defaults[j])
                 else:
                     vals = np.array([_number(_scalar(r, u, scope, key), self.numerics[j])
                                      for r, u in zip(reqs, users, strict=True)], np.float32)
@@ -233,7 +234,7 @@ class FeaturePlan:
         return dense, sparse
 
 
-def _fill(out: np.ndarray, cols: Sequence[np.ndarray | StringColumn | None], bounds: list[int],
+def _fill(out: np.ndarray, cols: Sequence[np.ndarray | None], bounds: list[int],
           default: object) -> None:
     """``out`` (one column of all rows) from each request's column, or ``default`` where a
     request lacks it; one copy when every request has the column with the same dtype."""

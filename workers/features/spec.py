@@ -78,12 +78,14 @@ class FeaturePipeline:
             except (KeyError, ValueError, TypeError) as e:
                 raise FeatureConfigError(f"{path}: dense.{name}: {e}") from None
         transforms = []
-        for spec in [*cat_specs, *cross_specs, *num_specs]:  # categoricals before crosses
+        features: list[CategoricalSpec | CrossSpec | NumericSpec] = [
+            *cat_specs, *cross_specs, *num_specs]  # categoricals before crosses
+        for feature in features:
             try:
-                transforms.append(_reference(spec))
+                transforms.append(_reference(feature))
             except (ValueError, TypeError) as e:
-                kind = "dense" if isinstance(spec, NumericSpec) else "sparse"
-                raise FeatureConfigError(f"{path}: {kind}.{spec.name}: {e}") from None
+                kind = "dense" if isinstance(feature, NumericSpec) else "sparse"
+                raise FeatureConfigError(f"{path}: {kind}.{feature.name}: {e}") from None
         try:
             plan = FeaturePlan(cat_specs, cross_specs, num_specs, len(sparse_names),
                                len(dense_names))

@@ -112,7 +112,7 @@ class _PinnedStaging:
         self.mem, self.capacity, self.nbytes = None, 0, 0
 
 
-class _AllocationCounter(cupy.cuda.MemoryHook):
+class _AllocationCounter(cupy.cuda.MemoryHook):  # type: ignore[misc]  # cupy is untyped
     """Counts pool allocations made by this thread (none may happen during graph capture)."""
 
     name = "adstream_capture_allocations"
@@ -231,7 +231,7 @@ class CupyBackend:
                 self._download(entry.workspace.views, n)
                 self._stream.synchronize()
                 self.stats.graph_replays += 1
-                self.stats.padded_rows += rows - n  # type: ignore[operator]
+                self.stats.padded_rows += rows - n
             else:
                 workspace = _Workspace(self.plan, self._specs, n, f"batch of {n} rows")
                 try:

@@ -119,4 +119,4 @@ class OnnxCudaBackend:
         return np.asarray(d_out.get(stream=self.stream), dtype=np.float32).reshape(n)
 
     def close(self) -> None:
-        self._session = None  # type: ignore[assignment]
+        self._session = None

@@ -121,7 +121,8 @@ def bind_views(
     return views
 
 
-def prepare_weights(plan: Plan, dtype: np.dtype, to_device: Callable[[np.ndarray], Any]):
+def prepare_weights(plan: Plan, dtype: np.dtype, to_device: Callable[[np.ndarray], Any]
+                    ) -> PlanWeights:
     """Converts a plan's weights to ``dtype`` and hands each array to ``to_device``."""
     dtype = np.dtype(dtype)
     arrays = {k: to_device(np.ascontiguousarray(v, dtype=dtype)) for k, v in plan.weights.items()}
