@@ -29,6 +29,7 @@ test: $(STAMP) $(KUSTOMIZE) lint
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline workers schemas loadtest tools capacity clients/python tests
 	$(BIN)/mypy --strict pipeline
+	$(BIN)/mypy --strict --follow-imports=silent workers
 	$(BIN)/mypy --strict --follow-imports=silent tools
 	$(BIN)/mypy --strict --follow-imports=silent capacity
 

@@ -17,7 +17,7 @@ from schemas.json_form import request_from_json
 from schemas.messages import FeatureChunk, ScoreChunk, ScoreResult, encode
 
 RECORD_OVERHEAD_BYTES = 70  # assumed: record header, the stage stamps in headers, batch share
-DENSE, SPARSE = 13, 26  # the reference model's inputs (workers/model_build.py)
+DENSE, SPARSE = 13, 26  # the reference model's inputs (workers/scoring/reference_model.py)
 
 
 def _request_bytes(candidates: int) -> int:

@@ -46,7 +46,7 @@ from loadtest.run import RunOptions, measure, replay_target, run_document
 from loadtest.sweep import SweepPlan, steps_table, sweep
 from loadtest.target import ensure_model, open_target
 from loadtest.traffic import Traffic
-from workers.roles import FUSED, THREE_HOPS
+from workers.roles import topology
 from workers.settings import Settings
 
 BENCH_KIND = "adstream.bench"
@@ -110,7 +110,7 @@ class BenchPlan:
 
     @property
     def roles(self) -> tuple[str, ...]:
-        return FUSED if self.fused else THREE_HOPS
+        return topology(self.fused).roles
 
     def sweep_plan(self) -> SweepPlan:
         return SweepPlan(start_rate=self.start_rate, step_s=self.step_s,
@@ -394,8 +394,8 @@ def make_traffic(plan: BenchPlan, path: Path) -> Traffic:
 async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "auto", stop: asyncio.Event | None = None,
                 keep_dir: Path | None = None) -> dict[str, Any]:
     from pipeline.config import to_toml
-    from workers.model_repo import load_model
     from workers.roles import ensure_topics, transport_for
+    from workers.scoring.repository import load_model
 
     tmp = Path(tempfile.mkdtemp(prefix="adstream-bench-", dir=keep_dir))
     broker = await broker_for(settings, tmp)
@@ -424,8 +424,7 @@ async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "au
         if broker.pid is not None:
             pids[BROKER] = broker.pid
         pids[GENERATOR] = os.getpid()
-        scorer_role = "fused" if plan.fused else "scorer"
-        probe = Probe(workers, pids, worker_pids, scorer_role)
+        probe = Probe(workers, pids, worker_pids, topology(plan.fused).scoring_role)
 
         opts = RunOptions(warmup_s=plan.warmup_s, timeout_s=10.0, deadline_ms=plan.deadline_ms,
                           slo_p99_ms=plan.slo_p99_ms, batch_ms=plan.batch_ms)
@@ -491,7 +490,7 @@ async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "au
         doc: dict[str, Any] = {
             "kind": BENCH_KIND, "version": BENCH_VERSION,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "plan": asdict(plan), "topology": "fused" if plan.fused else "three hops",
+            "plan": asdict(plan), "topology": topology(plan.fused).name,
             "broker": {"bootstrap": broker.bootstrap, "started": broker.started is not None,
                        "pid_measured": broker.pid is not None},
             "limit": lim, "pipeline": pipeline, "ratio": float(f"{ratio:.4g}"),

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.backends import ScoringBackend
-from workers.backends.gpu_selftest import build_spec, environment, random_rows
-from workers.model_repo import ModelSpec, load_model
+from loadtest.gpu_selftest import build_spec, environment
+from loadtest.random_rows import random_rows
+from workers.scoring.backends import ScoringBackend
+from workers.scoring.repository import ModelSpec, load_model
 
 SIZES = (256, 1024, 4096, 16384, 65536)
 
@@ -66,8 +67,8 @@ def measure(
 
 
 def _backends(spec: ModelSpec, cpu_threads: int, sizes: tuple[int, ...], skip_cpu: bool):
-    from workers.backends.cupy_graph import CupyBackend
-    from workers.backends.onnx_cpu import OnnxCpuBackend
+    from workers.scoring.backends.cupy_graph import CupyBackend
+    from workers.scoring.backends.onnx_cpu import OnnxCpuBackend
 
     backends: dict[str, ScoringBackend] = {
         "cupy-fp32": CupyBackend(spec, dtype="float32"),
@@ -138,8 +139,8 @@ def bench_sharing(
     spec: ModelSpec, instances: int = 4, rows: int = 4096, seconds: float = 3.0, **options: object
 ) -> dict[str, float]:
     """``instances`` CuPy backends (own streams) in as many threads draining one queue."""
-    from workers.backends.cupy_graph import CupyBackend
-    from workers.backends.cupy_pool import device_pool, pool_stats, reset_peak
+    from workers.scoring.backends.cupy_graph import CupyBackend
+    from workers.scoring.backends.cupy_pool import device_pool, pool_stats, reset_peak
 
     pool = device_pool()
     pool.free_all_blocks()
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-cpu", action="store_true", help="skip onnxruntime CPU")
     args = parser.parse_args(argv)
-    from workers.backends import cuda_available
+    from workers.scoring.backends import cuda_available
 
     ok, reason = cuda_available()
     if not ok:

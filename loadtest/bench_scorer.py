@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.model_limit import random_rows
+from loadtest.random_rows import random_rows
 from pipeline.actor import Actor
 from pipeline.batcher import DynamicBatcher
 from pipeline.config import ActorSection
@@ -36,12 +36,12 @@ from pipeline.logs import configure
 from pipeline.runner import tune_gc
 from pipeline.transport import Outgoing, Transport
 from schemas.messages import FeatureChunk, encode
-from workers.backends import ScoringBackend, create_backend
-from workers.model_build import build_reference_model
-from workers.model_repo import ModelSpec, load_model
-from workers.model_versions import ModelVersions
 from workers.roles import transport_for
-from workers.scorer import ScoringWorker
+from workers.scoring.backends import ScoringBackend, create_backend
+from workers.scoring.reference_model import build_reference_model
+from workers.scoring.repository import ModelSpec, load_model
+from workers.scoring.scorer import ScoringWorker
+from workers.scoring.versions import ModelVersions
 from workers.settings import Settings
 
 
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (repo / "ctr" / "config.toml").exists():
         build_reference_model(repo)
     spec = load_model(repo, "ctr")
-    dense, sparse = random_rows(spec, args.rows)
+    dense, sparse = random_rows(spec.config, args.rows)
     tune_gc()
     pipeline_rps, batcher = asyncio.run(_pipeline(spec, args, dense, sparse))
     sizes = np.array(batcher.stats.sizes)

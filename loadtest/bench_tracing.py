@@ -27,6 +27,7 @@ from pathlib import Path
 from loadtest.environment import machine
 from loadtest.generate import generate
 from pipeline.actor import Handler, Held
+from pipeline.headers import now_ms
 from pipeline.logs import configure
 from pipeline.runner import tune_gc
 from pipeline.tracing import Tracing, begin_batch
@@ -34,8 +35,8 @@ from pipeline.transport import Outgoing, open_transport
 from pipeline.transport.base import Record
 from schemas.json_form import request_from_json
 from schemas.messages import encode
-from workers.model_build import build_reference_model
-from workers.roles import build_handler
+from workers.roles import THREE_HOPS, build_handler
+from workers.scoring.reference_model import build_reference_model
 from workers.settings import Settings
 
 VARIANTS = ("off", "on, none sampled", "on, all sampled", "off again")
@@ -74,7 +75,7 @@ def _tracing(variant: str) -> tuple[Tracing, _Dropped | None]:
 
 def _records(outs: Sequence[Outgoing], topic: str) -> list[Record]:
     """What a consumer of ``outs`` reads (the broker's part, not timed)."""
-    now = int(time.time() * 1000)
+    now = now_ms()
     return [Record(topic, 0, i, o.key, o.value, dict(o.headers), now)
             for i, o in enumerate(outs)]
 
@@ -123,13 +124,13 @@ async def _bench(args: argparse.Namespace, repo: Path) -> tuple[Times, dict[str,
     s.scorer.max_wait_ms = 0.0  # a batch runs at once: the step times the work, not a wait
     s.log.level = "warning"
     transport = open_transport(s.kafka.bootstrap)
-    now = int(time.time() * 1000)
+    now = now_ms()
     base = [request_from_json(d, now) for d in
             generate(args.requests, seed=1, candidates=args.candidates, timeout_ms=3_600_000)]
     tracings = {v: _tracing(v) for v in VARIANTS}
     # one set of handlers (one model session) for all variants, so that only the tracer
     # and the sampling ratio differ between them
-    handlers = [build_handler(r, s, transport) for r in ("features", "scorer", "aggregator")]
+    handlers = [build_handler(r, s, transport) for r in THREE_HOPS]
     times: Times = {v: [] for v in VARIANTS}
 
     async def send(msgs: list[Outgoing], source: object = None) -> None:

@@ -39,7 +39,7 @@ def cmd_string_cost(args: argparse.Namespace) -> int:
     if bad:
         return _fail("string-cost", f"{bad[0]} must be ≥ 1 (and --requests ≥ --fetch)")
     from loadtest.string_cost import measure, report
-    from workers.model_repo import ModelRepositoryError
+    from workers.scoring.repository import ModelRepositoryError
 
     s = settings_from_args(Settings, args)
     try:

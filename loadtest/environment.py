@@ -110,7 +110,7 @@ def pipeline_config(settings: Settings, *, with_workers: bool,
 
 def _model_config(s: Settings) -> dict[str, Any] | None:
     try:
-        from workers.model_repo import load_model
+        from workers.scoring.repository import load_model
 
         spec = load_model(Path(s.scorer.model_repo), s.scorer.model, s.scorer.version or None)
     except Exception:  # noqa: BLE001 - the model may live only where the workers run

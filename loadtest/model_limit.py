@@ -13,11 +13,11 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from workers.backends import create_backend
-from workers.model_repo import ModelSpec
+from loadtest.random_rows import random_rows
+from workers.scoring.backends import create_backend
+from workers.scoring.repository import ModelSpec
 
 BATCH_ROWS = "adstream_batch_rows"
 
@@ -88,21 +88,12 @@ def parse_row_histogram(metrics_text: str) -> RowHistogram:
     return RowHistogram(bounds, tuple(counts), total)
 
 
-def random_rows(spec: ModelSpec, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    c = spec.config
-    dense = rng.normal(0, 1, (n, len(c.dense_features))).astype(np.float32)
-    sparse = (rng.integers(0, 2**62, (n, len(c.sparse_features)))
-              % np.array(c.sparse_buckets)).astype(np.int64)
-    return dense, sparse
-
-
 def time_batches(spec: ModelSpec, sizes: list[int], *, seconds_per_size: float = 1.0,
                  threads: int = 1) -> dict[int, float]:
     """Seconds per batch of each size: raw onnxruntime, ``threads`` intra-op threads."""
     backend = create_backend(spec, "onnxruntime", intra_op_threads=threads)
     try:
-        dense, sparse = random_rows(spec, max(sizes) * 4)
+        dense, sparse = random_rows(spec.config, max(sizes) * 4)
         out = {}
         for size in sorted(set(sizes)):
             for _ in range(3):  # warm-up

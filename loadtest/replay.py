@@ -201,7 +201,7 @@ async def replay(
     await system.start(m.on_answer)
     try:
         m.t0 = time.monotonic() + LEAD_S
-        m.wall0_ms = time.time() * 1000.0 + LEAD_S * 1000.0
+        m.wall0_ms = H.now_ms() + LEAD_S * 1000.0
         if deadline_ms is None:
             deadlines: list[int | None] = [None] * n
         else:

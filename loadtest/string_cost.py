@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 
 from loadtest.generate import generate
+from pipeline.headers import now_ms
 from pipeline.transport.base import Record
 from pipeline.transport.memory import MemoryBroker, MemoryTransport
 from schemas.json_form import request_from_json
 from schemas.messages import encode
-from workers.backends import create_backend
-from workers.feature_actor import FeatureActor
+from workers.features.actor import FeatureActor
 from workers.roles import feature_pipeline, model_spec
+from workers.scoring.backends import create_backend
 from workers.settings import Settings
 
 
@@ -47,7 +48,7 @@ class Cost:
 
 def _records(settings: Settings, requests: int, candidates: int, seed: int, strings: bool
              ) -> list[Record]:
-    now = int(time.time() * 1000)
+    now = now_ms()
     out = []
     for i, d in enumerate(generate(requests, seed=seed, candidates=f"fixed:{candidates}",
                                    timeout_ms=3_600_000, strings=strings)):

@@ -14,7 +14,6 @@ from pathlib import Path
 from pipeline.transport.base import Transport
 from workers.settings import Settings
 
-ROLES = ("features", "scorer", "aggregator")
 READY_TIMEOUT_S = 120.0
 
 
@@ -41,7 +40,7 @@ class Target:
 async def open_target(settings: Settings, *, with_workers: bool,
                       stop: asyncio.Event | None = None) -> AsyncIterator[Target]:
     """Connect to the pipeline (starting its roles here when asked) for the block's time."""
-    from workers.roles import ensure_topics, run_roles, transport_for
+    from workers.roles import THREE_HOPS, ensure_topics, run_roles, transport_for
 
     url = settings.kafka.bootstrap
     if url.startswith("memory://") and not with_workers:
@@ -65,7 +64,8 @@ async def open_target(settings: Settings, *, with_workers: bool,
             ensure_model(settings)
             await ensure_topics(settings, transport)
             ready = asyncio.Event()
-            roles = asyncio.create_task(run_roles(ROLES, settings, roles_stop, transport, ready))
+            roles = asyncio.create_task(
+                run_roles(THREE_HOPS, settings, roles_stop, transport, ready))
             await _wait_ready(ready, roles, stop)
         else:
             for topic in (settings.topics.requests, settings.topics.results):
@@ -103,7 +103,7 @@ async def _wait_ready(ready: asyncio.Event, roles: asyncio.Task[object],
 def ensure_model(settings: Settings) -> None:
     repo = Path(settings.scorer.model_repo)
     if not (repo / settings.scorer.model / "config.toml").exists():
-        from workers.model_build import build_reference_model
+        from workers.scoring.reference_model import build_reference_model
 
         path = build_reference_model(repo, name=settings.scorer.model)
         print(f"built the reference model: {path}", file=sys.stderr)

@@ -83,7 +83,7 @@ def kafka_secure(_session_broker: tuple[str, SecureKafka | None]) -> SecureKafka
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference model, built once per test session."""
-    from workers.model_build import build_reference_model
+    from workers.scoring.reference_model import build_reference_model
 
     repo = tmp_path_factory.mktemp("models")
     build_reference_model(repo)

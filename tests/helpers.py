@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from schemas import ScoreRequest, ScoreResult
-from workers.backends import create_backend
-from workers.features import FeaturePipeline
-from workers.model_repo import ModelSpec
-from workers.ranking import rank
+from workers.aggregation.ranking import rank
+from workers.features.spec import FeaturePipeline
+from workers.scoring.backends import create_backend
+from workers.scoring.repository import ModelSpec
 
 
 class DirectScorer:

@@ -18,10 +18,10 @@ from schemas import ScoreRequest
 from schemas.json_form import request_from_json
 from schemas.messages import ScoreResult
 from workers.client import ResultWaiter, send_requests
-from workers.model_build import build_reference_model
-from workers.model_repo import load_model
-from workers.model_routing import Split, user_bucket
 from workers.roles import FUSED, THREE_HOPS, ensure_topics, run_roles, transport_for
+from workers.scoring.reference_model import build_reference_model
+from workers.scoring.repository import load_model
+from workers.scoring.routing import Split, user_bucket
 from workers.settings import Settings
 
 _names = itertools.count()

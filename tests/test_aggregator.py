@@ -12,7 +12,7 @@ import pytest
 from pipeline.actor import Held
 from pipeline.transport.base import TP, Record
 from schemas.messages import ScoreChunk, encode
-from workers.aggregator import Aggregator
+from workers.aggregation.aggregator import Aggregator
 from workers.settings import Settings
 
 

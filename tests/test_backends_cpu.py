@@ -15,18 +15,22 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from workers.backends import (
+from workers.scoring.backends import (
     BackendUnavailableError,
     ScoringBackend,
     UnsupportedModelError,
     create_backend,
     cuda_available,
 )
-from workers.backends.graph_plan import AffineStep, ConcatStep, compile_model, compile_plan
-from workers.backends.onnx_cpu import OnnxCpuBackend
-from workers.backends.plan_exec import FP16_MAX_ABS_ERROR, FP32_MAX_ABS_ERROR, run_plan_numpy
-from workers.model_build import build_reference_model
-from workers.model_repo import ModelSpec, load_model
+from workers.scoring.backends.graph_plan import AffineStep, ConcatStep, compile_model, compile_plan
+from workers.scoring.backends.onnx_cpu import OnnxCpuBackend
+from workers.scoring.backends.plan_exec import (
+    FP16_MAX_ABS_ERROR,
+    FP32_MAX_ABS_ERROR,
+    run_plan_numpy,
+)
+from workers.scoring.reference_model import build_reference_model
+from workers.scoring.repository import ModelSpec, load_model
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +120,7 @@ def test_cupy_without_cuda_is_a_clear_error(spec: ModelSpec) -> None:
 
 
 def test_importing_backends_does_not_import_cupy() -> None:
-    code = "import sys, workers.backends, workers.backends.graph_plan; print('cupy' in sys.modules)"
+    code = "import sys, workers.scoring.backends, workers.scoring.backends.graph_plan; print('cupy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -299,9 +303,9 @@ def test_unsupported_graphs_name_the_operator_and_node(node, op: str, message: s
 def test_onnxruntime_cuda_backend_refuses_clearly_without_the_cuda_provider(tmp_path) -> None:
     import onnxruntime as ort
 
-    from workers.backends import BackendUnavailableError, create_backend
-    from workers.model_build import build_reference_model
-    from workers.model_repo import load_model
+    from workers.scoring.backends import BackendUnavailableError, create_backend
+    from workers.scoring.reference_model import build_reference_model
+    from workers.scoring.repository import load_model
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has the CUDA provider; the refusal cannot be shown")

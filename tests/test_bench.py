@@ -15,7 +15,7 @@ import pytest
 from loadtest.bench import BenchPlan, recovery_time
 from loadtest.model_limit import RowHistogram, limit, parse_row_histogram
 from pipeline.metrics import Metrics
-from workers.model_repo import load_model
+from workers.scoring.repository import load_model
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -17,13 +17,13 @@ from loadtest.generate import generate
 from pipeline.config import ConfigError
 from pipeline.transport.memory import MemoryBroker
 from schemas.json_form import request_from_json
-from workers.backends import create_backend
+from workers.aggregation.ranking import rank
 from workers.client import ResultWaiter, send_requests
-from workers.features import FeaturePipeline
-from workers.model_build import DENSE_FIELDS, SPARSE_FIELDS
-from workers.model_repo import ModelRepositoryError, load_model, served_versions
-from workers.ranking import rank
+from workers.features.spec import FeaturePipeline
 from workers.roles import ensure_topics, run_roles, transport_for
+from workers.scoring.backends import create_backend
+from workers.scoring.reference_model import DENSE_FIELDS, SPARSE_FIELDS
+from workers.scoring.repository import ModelRepositoryError, load_model, served_versions
 from workers.settings import Settings
 
 _names = itertools.count()

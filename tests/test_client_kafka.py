@@ -22,7 +22,7 @@ from adstream_client import (
 from loadtest.generate import generate
 from pipeline.transport import open_transport
 from schemas.json_form import request_from_json
-from workers.model_repo import load_model
+from workers.scoring.repository import load_model
 
 pytestmark = pytest.mark.kafka
 

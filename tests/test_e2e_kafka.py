@@ -19,7 +19,7 @@ from loadtest.generate import generate, write_jsonl
 from schemas import DeadLetter, ScoreRequest, decode, encode
 from schemas.columns import encode_array
 from schemas.json_form import request_from_json
-from workers.model_repo import load_model
+from workers.scoring.repository import load_model
 
 pytestmark = pytest.mark.kafka
 

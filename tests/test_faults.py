@@ -33,7 +33,7 @@ from tools.kafka import (
     stop_broker,
     stop_cluster,
 )
-from workers.model_repo import load_model
+from workers.scoring.repository import load_model
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -1,6 +1,6 @@
 """CuPy backend on a real GPU: parity with onnxruntime CPU, sharing, backpressure, CUDA graphs.
 
-The checks live in ``workers.backends.gpu_selftest`` so that ``scripts/gpu-check`` runs the
+The checks live in ``loadtest.gpu_selftest`` so that ``scripts/gpu-check`` runs the
 same code where pytest is not installed. Without CuPy or a CUDA device every test here is
 skipped with the reason.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.backends import cuda_available
-from workers.model_repo import ModelSpec
+from workers.scoring.backends import cuda_available
+from workers.scoring.repository import ModelSpec
 
 pytestmark = pytest.mark.gpu
 
@@ -28,7 +28,7 @@ def _require_cuda() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
-    from workers.backends.gpu_selftest import build_spec
+    from loadtest.gpu_selftest import build_spec
 
     return build_spec(Path(tmp_path_factory.mktemp("models")))
 
@@ -36,30 +36,30 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
 @pytest.mark.parametrize("cuda_graphs", [False, True], ids=["plain", "graphs"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_parity_with_onnxruntime_cpu(spec: ModelSpec, dtype: str, cuda_graphs: bool) -> None:
-    from workers.backends.gpu_selftest import check_parity
+    from loadtest.gpu_selftest import check_parity
 
     check_parity(spec, dtype, cuda_graphs=cuda_graphs)
 
 
 def test_cuda_graphs_are_captured(spec: ModelSpec) -> None:
-    from workers.backends.gpu_selftest import check_cuda_graphs_captured
+    from loadtest.gpu_selftest import check_cuda_graphs_captured
 
     check_cuda_graphs_captured(spec)
 
 
 def test_out_of_range_ids_are_clamped(spec: ModelSpec) -> None:
-    from workers.backends.gpu_selftest import check_out_of_range_ids
+    from loadtest.gpu_selftest import check_out_of_range_ids
 
     check_out_of_range_ids(spec)
 
 
 def test_four_instances_share_pool_and_weights(spec: ModelSpec) -> None:
-    from workers.backends.gpu_selftest import check_sharing
+    from loadtest.gpu_selftest import check_sharing
 
     check_sharing(spec)
 
 
 def test_batch_waits_for_memory_then_succeeds(spec: ModelSpec) -> None:
-    from workers.backends.gpu_selftest import check_wait_then_succeed
+    from loadtest.gpu_selftest import check_wait_then_succeed
 
     check_wait_then_succeed(spec)

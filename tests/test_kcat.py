@@ -18,7 +18,7 @@ from helpers import DirectScorer
 from schemas.encoding import JSON
 from schemas.messages import ScoreRequest, decode
 from schemas.strings import StringColumn
-from workers.model_repo import load_model
+from workers.scoring.repository import load_model
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -9,8 +9,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from workers.model_build import DENSE_FIELDS, SPARSE_FIELDS, build_reference_model
-from workers.model_repo import ModelRepositoryError, list_versions, load_model
+from workers.scoring.reference_model import DENSE_FIELDS, SPARSE_FIELDS, build_reference_model
+from workers.scoring.repository import ModelRepositoryError, list_versions, load_model
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from schemas import ScoreRequest
 from schemas.json_form import request_from_json
 from schemas.messages import ScoreResult, decode
 from workers.client import ResultWaiter, request_message, send_requests
-from workers.model_repo import load_model
 from workers.roles import FUSED, THREE_HOPS, ensure_topics, run_roles, transport_for
+from workers.scoring.repository import load_model
 from workers.settings import Settings
 
 _names = itertools.count()

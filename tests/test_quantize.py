@@ -14,10 +14,9 @@ from onnx import numpy_helper
 
 from loadtest.generate import generate
 from schemas.json_form import request_from_json
-from workers.backends import create_backend
-from workers.model_build import build_reference_model
-from workers.model_repo import list_versions, load_model
-from workers.quantize import (
+from workers.roles import feature_pipeline
+from workers.scoring.backends import create_backend
+from workers.scoring.quantize import (
     REPORT_FILE,
     Bounds,
     QuantizationRefused,
@@ -28,7 +27,8 @@ from workers.quantize import (
     install,
     quantize_file,
 )
-from workers.roles import feature_pipeline
+from workers.scoring.reference_model import build_reference_model
+from workers.scoring.repository import list_versions, load_model
 from workers.settings import Settings
 
 

@@ -17,9 +17,9 @@ import pytest
 
 from pipeline.batcher import DynamicBatcher
 from pipeline.metrics import Metrics
-from workers.backends import create_backend
-from workers.model_repo import ModelSpec, load_model
 from workers.roles import scoring_batcher
+from workers.scoring.backends import create_backend
+from workers.scoring.repository import ModelSpec, load_model
 from workers.settings import Settings
 
 ROWS, MAX_ROWS = 64, 256

@@ -36,7 +36,7 @@ from pipeline.transport.base import Record
 from pipeline.transport.memory import MemoryBroker
 from schemas.json_form import request_from_json
 from schemas.messages import ScoreChunk, ScoreRequest, encode
-from workers.aggregator import Aggregator
+from workers.aggregation.aggregator import Aggregator
 from workers.client import ResultWaiter, request_message
 from workers.roles import FUSED, THREE_HOPS, ensure_topics, run_roles, transport_for
 from workers.settings import Settings

@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 
 from schemas import SchemaError, ScoreRequest
-from workers.features import DEFAULT_SPEC, FeatureConfigError, FeaturePipeline
-from workers.model_repo import load_model
-from workers.transforms import (
+from workers.features.spec import DEFAULT_SPEC, FeatureConfigError, FeaturePipeline
+from workers.features.transforms import (
     FeatureBatch,
     categorical,
     cross,
@@ -13,6 +12,7 @@ from workers.transforms import (
     mix64,
     numeric,
 )
+from workers.scoring.repository import load_model
 
 
 def _batch(n: int, **cands: np.ndarray) -> FeatureBatch:
@@ -79,7 +79,7 @@ def test_bad_sources_are_refused_at_configuration_time() -> None:
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
-    from workers.model_build import build_reference_model
+    from workers.scoring.reference_model import build_reference_model
 
     repo = tmp_path_factory.mktemp("models")
     build_reference_model(repo)

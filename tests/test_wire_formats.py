@@ -32,11 +32,11 @@ from schemas.messages import (
 )
 from schemas.strings import StringColumn, category_id, category_ids
 from workers.client import ResultWaiter, request_message
-from workers.features import FeaturePipeline
-from workers.model_repo import load_model
+from workers.features.spec import FeaturePipeline
+from workers.features.transforms import hash_scalars
 from workers.roles import THREE_HOPS, ensure_topics, run_roles, transport_for
+from workers.scoring.repository import load_model
 from workers.settings import Settings
-from workers.transforms import hash_scalars
 
 CONTRACT = Path(__file__).resolve().parent.parent / "docs" / "contract"
 _names = itertools.count()

@@ -30,7 +30,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
-    from workers.roles import ensure_topics, transport_for
+    from workers.roles import ensure_topics, topics, transport_for
 
     s = _settings(args)
     if args.partitions is not None:
@@ -46,9 +46,7 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
         return created
 
     created = runner.run(go)
-    t = s.topics
-    for name in (t.requests, t.features, t.scores, t.results, t.dlq, t.changelog,
-                 *args.reply_topic):
+    for name in (*topics(s), *args.reply_topic):
         n = 1 if name in args.reply_topic else s.topics.partitions
         state = "created" if name in created else "exists"
         print(f"{name}: {state}" + (f" ({n} partition{'s' if n > 1 else ''})"
@@ -221,16 +219,16 @@ def _without_processes(argv: list[str]) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from workers.roles import FUSED, THREE_HOPS
+    from workers.roles import topology
 
-    return _run_roles(args, list(FUSED if args.fused else THREE_HOPS))
+    return _run_roles(args, list(topology(args.fused).roles))
 
 
 # ---- model -----------------------------------------------------------------------------------
 
 
 def cmd_model_build(args: argparse.Namespace) -> int:
-    from workers.model_build import build_reference_model
+    from workers.scoring.reference_model import build_reference_model
 
     s = _settings(args)
     repo = Path(args.repo or s.scorer.model_repo)
@@ -259,16 +257,16 @@ def _traffic_requests(args: argparse.Namespace) -> list[ScoreRequest]:
 def cmd_model_quantize(args: argparse.Namespace) -> int:
     import tempfile
 
-    from workers.model_repo import ModelRepositoryError, load_model
-    from workers.quantize import (
+    from workers.roles import feature_pipeline
+    from workers.scoring.quantize import (
         QuantizationRefused,
         Traffic,
         compare,
         install,
         quantize_file,
     )
-    from workers.quantize_bounds import Bounds
-    from workers.roles import feature_pipeline
+    from workers.scoring.quantize_bounds import Bounds
+    from workers.scoring.repository import ModelRepositoryError, load_model
 
     s = _settings(args)
     repo = Path(args.repo or s.scorer.model_repo)
@@ -405,7 +403,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=cmd_model_build)
 
-    from workers.quantize_bounds import MODES, Bounds
+    from workers.scoring.quantize_bounds import MODES, Bounds
 
     b = Bounds()
     quant = msub.add_parser(

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import runner
+from pipeline.headers import now_ms
 from schemas.json_form import request_from_json
 from schemas.messages import ScoreResult
 from tools import kafka
@@ -46,8 +47,8 @@ def run_demo(settings: Settings, *, broker: str, requests: int, seed: int, rate:
     from loadtest.generate import generate
     from pipeline.kafka_clients import kafka_options
     from workers.client import ResultWaiter, send_requests
-    from workers.model_build import build_reference_model
     from workers.roles import ensure_topics, run_roles, transport_for
+    from workers.scoring.reference_model import build_reference_model
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # transient start-up noise
     started: kafka.LocalBroker | None = None
@@ -78,7 +79,7 @@ def run_demo(settings: Settings, *, broker: str, requests: int, seed: int, rate:
         roles = asyncio.create_task(run_roles(["features", "scorer", "aggregator"], settings,
                                               roles_stop, transport, ready))
         try:
-            reqs = [request_from_json(d, int(time.time() * 1000) + 30_000)
+            reqs = [request_from_json(d, now_ms() + 30_000)
                     for d in generate(requests, seed=seed, candidates="uniform:20,300")]
             producer = transport.producer()
             await producer.start()
@@ -88,7 +89,7 @@ def run_demo(settings: Settings, *, broker: str, requests: int, seed: int, rate:
                 print(f"sending {len(reqs)} generated requests at {rate:.0f}/s …")
                 t0 = time.monotonic()
                 for r in reqs:
-                    r.deadline_ms = int(time.time() * 1000) + 30_000
+                    r.deadline_ms = now_ms() + 30_000
                 sent = await send_requests(producer, reqs, settings.topics.requests, rate=rate)
                 done, pending = await asyncio.wait(futs.values(), timeout=60)
                 elapsed = time.monotonic() - t0

@@ -1,1 +1,3 @@
-"""The ads roles: feature actor, scoring worker and its model backends, aggregator."""
+"""The ads roles, grouped by role: ``features/``, ``scoring/`` (with its backends and model
+repository), ``aggregation/``; beside them what the roles share (settings, replies, request
+ids, stage spans), the fused role and the role table (``roles.py``)."""

@@ -20,10 +20,10 @@ from pipeline.timeslice import TimeSlice
 from pipeline.tracing import current_batch
 from pipeline.transport.base import TP, Outgoing, Record
 from schemas.messages import ScoreResult
-from workers.feature_actor import FeatureActor, Prepared
-from workers.ranking import rank
+from workers.aggregation.ranking import rank
+from workers.features.actor import FeatureActor, Prepared, ads_of
 from workers.replies import result_message
-from workers.scorer import Rows, ScoringWorker
+from workers.scoring.scorer import Rows, ScoringWorker
 from workers.spans import model_steps
 
 
@@ -69,8 +69,7 @@ class FusedFeaturesScorer(Handler):
     def _answer(self, p: Prepared, scores: np.ndarray, version: int) -> Outgoing:
         """The ranked ScoreResult of a request whose candidates were all scored here."""
         req = p.request
-        ad_id = req.candidates["ad_id"].astype("<i8", copy=False)
-        bid = req.candidates["bid"].astype("<f4", copy=False)
+        ad_id, bid = ads_of(req)
         top = rank(ad_id, bid, scores, req.top_k)
         result = ScoreResult(req.request_id, "ok", ad_id=ad_id[top], bid=bid[top],
                              score=scores[top].astype(np.float32, copy=False),

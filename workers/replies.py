@@ -1,14 +1,17 @@
-"""Messages every role may send besides its main output: dead letters and status replies."""
+"""Messages every role may send besides its main output: dead letters and status replies,
+and the dead-letter method the roles' handlers share."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from pipeline import headers as H
+from pipeline.actor import Handler
 from pipeline.transport.base import Outgoing, Record
 from schemas.encoding import JSON, wants_json
 from schemas.errors import SchemaError
 from schemas.messages import DeadLetter, ScoreResult, encode, encode_json, schema_name
+from workers.settings import Settings
 
 RESULT_SCHEMA = schema_name(ScoreResult.TYPE).encode()
 
@@ -31,6 +34,15 @@ def dead_letter(record: Record, error: Exception, stage: str, dlq_topic: str) ->
     )
     return Outgoing(dlq_topic, encode(msg), key=record.key,
                     headers={H.SCHEMA: schema_name(DeadLetter.TYPE).encode()})
+
+
+class DeadLettering(Handler):
+    """A role's handler whose dead letters go to ``topics.dlq`` under the role's name."""
+
+    s: Settings
+
+    def dead_letter(self, record: Record, error: Exception) -> list[Outgoing]:
+        return [dead_letter(record, error, self.name, self.s.topics.dlq)]
 
 
 def status_result(

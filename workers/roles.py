@@ -1,9 +1,15 @@
-"""Build the three roles from settings and run any of them in this process."""
+"""The role table, and building and running the roles from settings in this process.
+
+:data:`ROLES` holds what differs per role (its input topic, its handler and the counters
+/metrics reports for it); :data:`TOPOLOGIES` the two ways of running them, and
+:func:`topics` the topics they use.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +25,42 @@ from pipeline.metrics import Check, Metrics
 from pipeline.middleware import Middleware
 from pipeline.tracing import Tracing
 from pipeline.transport import Transport, open_transport
-from workers.aggregator import Aggregator
-from workers.feature_actor import FeatureActor
-from workers.features import FeaturePipeline
+from workers.aggregation.aggregator import Aggregator
+from workers.features.actor import FeatureActor
+from workers.features.spec import FeaturePipeline
 from workers.fused import FusedFeaturesScorer
-from workers.model_repo import ModelSpec, load_model
-from workers.model_versions import ModelVersions
-from workers.scorer import ScoringWorker
-from workers.settings import Settings
+from workers.scoring.repository import ModelSpec, load_model
+from workers.scoring.scorer import ScoringWorker
+from workers.scoring.versions import ModelVersions
+from workers.settings import Settings, TopicsSection
 
-ROLES = ("features", "scorer", "aggregator", "fused")
-THREE_HOPS = ("features", "scorer", "aggregator")
-FUSED = ("fused",)  # one hop: the fused role answers requests itself
 log = structlog.get_logger("adstream.roles")
+Counts = Callable[[], dict[str, int]]
+
+
+@dataclass(frozen=True)
+class Role:
+    """What differs between roles: the topic a role consumes, and its handler with the
+    counters /metrics reports for it (keys of ``pipeline.metrics.HANDLER_COUNTS``), built
+    from settings."""
+
+    consumes: Callable[[TopicsSection], str]
+    build: Callable[[Settings, Transport, Metrics | None], tuple[Handler, Counts]]
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A way of running the roles: its name in reports, its roles, and the one that scores."""
+
+    name: str
+    roles: tuple[str, ...]
+    scoring_role: str
+
+
+def topics(settings: Settings) -> list[str]:
+    """Every topic the roles use (what ``adstream topics create`` creates)."""
+    t = settings.topics
+    return [t.requests, t.features, t.scores, t.results, t.dlq, t.changelog]
 
 
 def transport_for(settings: Settings, *, wait_for_broker: bool = True) -> Transport:
@@ -59,7 +88,7 @@ def scoring_version(settings: Settings, spec: ModelSpec, metrics: Metrics | None
                     ) -> tuple[DynamicBatcher, list[Callable[..., np.ndarray]]]:
     """One version's batcher over ``instances`` backends (each its own onnxruntime session
     or stream) plus its spill instances, and the score functions of all of them."""
-    from workers.backends import create_backend
+    from workers.scoring.backends import create_backend
 
     sc, c = settings.scorer, spec.config
     instances = sc.instances or c.instance_count
@@ -80,7 +109,7 @@ def scoring_version(settings: Settings, spec: ModelSpec, metrics: Metrics | None
         spill_after_ms=sc.spill_after_ms,
     )
     if metrics is not None:
-        from workers.backends.cupy_pool import pool_stats
+        from workers.scoring.backends.cupy_pool import pool_stats
 
         metrics.watch_queue(spec.name, str(spec.version), lambda: batcher.queued_rows)
         metrics.watch_spill(spec.name, str(spec.version), lambda: (
@@ -125,70 +154,100 @@ def scoring_models(settings: Settings, spec: ModelSpec,
     return models
 
 
+def _features(settings: Settings, transport: Transport, metrics: Metrics | None
+              ) -> tuple[Handler, Counts]:
+    features = FeatureActor(settings, feature_pipeline(settings, model_spec(settings)),
+                            transport)
+    return features, lambda: {"expired": features.expired,
+                              "rejected": features.rejected_count}
+
+
+def _scoring_worker(settings: Settings, spec: ModelSpec, metrics: Metrics | None
+                    ) -> ScoringWorker:
+    scorer = ScoringWorker(settings, scoring_models(settings, spec, metrics),
+                           n_dense=len(spec.config.dense_features),
+                           n_sparse=len(spec.config.sparse_features))
+    if metrics is not None and scorer.shadow is not None:
+        scorer.on_shadow = metrics.shadow_observer(
+            spec.name, str(spec.version), str(scorer.shadow.version))
+    return scorer
+
+
+def _scorer(settings: Settings, transport: Transport, metrics: Metrics | None
+            ) -> tuple[Handler, Counts]:
+    scorer = _scoring_worker(settings, model_spec(settings), metrics)
+    return scorer, lambda: {"expired": scorer.expired}
+
+
+def _fused(settings: Settings, transport: Transport, metrics: Metrics | None
+           ) -> tuple[Handler, Counts]:
+    spec = model_spec(settings)
+    scorer = _scoring_worker(settings, spec, metrics)
+    features = FeatureActor(settings, feature_pipeline(settings, spec), transport)
+    return FusedFeaturesScorer(features, scorer), lambda: {
+        "expired": features.expired + scorer.expired, "rejected": features.rejected_count}
+
+
+def _aggregator(settings: Settings, transport: Transport, metrics: Metrics | None
+                ) -> tuple[Handler, Counts]:
+    aggregator = Aggregator(settings, transport)
+    return aggregator, lambda: {
+        **{k: aggregator.counts[k] for k in ("expired", "partial", "duplicates")},
+        "rejected": aggregator.counts["reused"]}
+
+
+ROLES: dict[str, Role] = {
+    "features": Role(lambda t: t.requests, _features),
+    "scorer": Role(lambda t: t.features, _scorer),
+    "aggregator": Role(lambda t: t.scores, _aggregator),
+    "fused": Role(lambda t: t.requests, _fused),  # features and scorer in one hop
+}
+TOPOLOGIES = {
+    "three hops": Topology("three hops", ("features", "scorer", "aggregator"), "scorer"),
+    # one hop: the fused role answers requests itself
+    "fused": Topology("fused", ("fused",), "fused"),
+}
+THREE_HOPS = TOPOLOGIES["three hops"].roles
+FUSED = TOPOLOGIES["fused"].roles
+
+
+def topology(fused: bool) -> Topology:
+    """The fused (one hop) or the three-hop topology."""
+    return TOPOLOGIES["fused" if fused else "three hops"]
+
+
+def _role(name: str) -> Role:
+    if name not in ROLES:
+        raise ValueError(f"unknown role {name!r}; roles are {', '.join(ROLES)}")
+    return ROLES[name]
+
+
 def build_handler(role: str, settings: Settings, transport: Transport,
                   metrics: Metrics | None = None, tracing: Tracing | None = None) -> Handler:
     """The role's handler; with ``metrics``, its batcher and counters are registered there;
     its spans go to ``tracing``'s tracer (none: tracing off)."""
-    handler = _handler(role, settings, transport, metrics)
+    handler, counts = _role(role).build(settings, transport, metrics)
+    if metrics is not None:
+        metrics.watch_counts(role, counts)
     handler.tracer = tracing.tracer if tracing is not None else None
     return handler
-
-
-def _handler(role: str, settings: Settings, transport: Transport,
-             metrics: Metrics | None) -> Handler:
-    if role == "features":
-        features = FeatureActor(settings, feature_pipeline(settings, model_spec(settings)),
-                                transport)
-        if metrics is not None:
-            metrics.watch_counts(role, lambda: {"expired": features.expired,
-                                                "rejected": features.rejected_count})
-        return features
-    if role in ("scorer", "fused"):
-        spec = model_spec(settings)
-        scorer = ScoringWorker(settings, scoring_models(settings, spec, metrics),
-                               n_dense=len(spec.config.dense_features),
-                               n_sparse=len(spec.config.sparse_features))
-        if metrics is not None and scorer.shadow is not None:
-            scorer.on_shadow = metrics.shadow_observer(
-                spec.name, str(spec.version), str(scorer.shadow.version))
-        if role == "scorer":
-            if metrics is not None:
-                metrics.watch_counts(role, lambda: {"expired": scorer.expired})
-            return scorer
-        fe = FeatureActor(settings, feature_pipeline(settings, spec), transport)
-        if metrics is not None:
-            metrics.watch_counts(role, lambda: {"expired": fe.expired + scorer.expired,
-                                                "rejected": fe.rejected_count})
-        return FusedFeaturesScorer(fe, scorer)
-    if role == "aggregator":
-        aggregator = Aggregator(settings, transport)
-        if metrics is not None:
-            metrics.watch_counts(role, lambda: {
-                **{k: aggregator.counts[k] for k in ("expired", "partial", "duplicates")},
-                "rejected": aggregator.counts["reused"]})
-        return aggregator
-    raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
 
 
 def build_actor(role: str, settings: Settings, transport: Transport,
                 middleware: Sequence[Middleware] = (), metrics: Metrics | None = None,
                 tracing: Tracing | None = None) -> Actor:
-    t, a = settings.topics, settings.actor
-    inputs = {"features": t.requests, "scorer": t.features, "aggregator": t.scores,
-              "fused": t.requests}
+    consumes = _role(role).consumes(settings.topics)
     handler = build_handler(role, settings, transport, metrics, tracing)
     lost_after_s = None if settings.kafka.bootstrap.startswith("memory://") \
         else settings.kafka.session_timeout_ms / 1000
-    return Actor(transport, handler, f"{settings.kafka.group_prefix}-{role}", [inputs[role]],
-                 a, [*middleware, metrics] if metrics is not None else middleware,
+    return Actor(transport, handler, f"{settings.kafka.group_prefix}-{role}", [consumes],
+                 settings.actor, [*middleware, metrics] if metrics is not None else middleware,
                  lost_after_s=lost_after_s)
 
 
 async def ensure_topics(settings: Settings, transport: Transport) -> list[str]:
     t = settings.topics
-    return await transport.create_topics(
-        [t.requests, t.features, t.scores, t.results, t.dlq, t.changelog], t.partitions,
-        t.replication)
+    return await transport.create_topics(topics(settings), t.partitions, t.replication)
 
 
 async def run_roles(

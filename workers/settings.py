@@ -12,7 +12,7 @@ from pipeline.config import ActorSection, KafkaSection, LogSection
 from pipeline.metrics import MetricsSection
 from pipeline.setting_rules import setting
 from pipeline.tracing import TracingSection
-from workers.backend_names import BACKENDS
+from workers.scoring.backend_names import BACKENDS
 
 
 @dataclass

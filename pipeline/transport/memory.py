@@ -8,10 +8,10 @@ Everything lives in one event loop; a broker is named by its URL (``memory://nam
 from __future__ import annotations
 
 import asyncio
-import time
 import zlib
 from dataclasses import dataclass, field
 
+from pipeline.headers import now_ms
 from pipeline.transport.base import (
     TP,
     CommitFailed,
@@ -75,7 +75,7 @@ class MemoryBroker:
             msg.key, len(parts), self._rr)
         log = parts[p]
         rec = Record(msg.topic, p, len(log), msg.key, msg.value, dict(msg.headers),
-                     int(time.time() * 1000))
+                     now_ms())
         log.append(rec)
         return rec
 

@@ -6,13 +6,14 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
 
 from pipeline.config import ConfigError
 
+T = TypeVar("T")
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.toml"
 FEATURE_OUTPUTS = ("dense", "sparse")
@@ -145,7 +146,8 @@ class _Fields:
             )
         return tuple(value)
 
-    def _typed(self, key: str, kind: type | tuple[type, ...], what: str, default: Any) -> Any:
+    def _typed(self, key: str, kind: type[T] | tuple[type[T], ...], what: str, default: Any
+               ) -> T:
         value = self.raw(key, default)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ModelRepositoryError(

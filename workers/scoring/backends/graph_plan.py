@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from workers.backends.base import UnsupportedModelError
+from workers.scoring.backends.base import UnsupportedModelError
 
 SUPPORTED_OPS = frozenset(
     {
@@ -300,7 +300,8 @@ class _Compiler:
         self.steps.append(AffineStep(node.input[0], out, weight, bias, "none"))
         self.dims[out] = (w.shape[1],)
 
-    def _bias(self, node: onnx.NodeProto, label: str, name: str, value: np.ndarray, width: int):
+    def _bias(self, node: onnx.NodeProto, label: str, name: str, value: np.ndarray, width: int
+              ) -> str:
         if value.size not in (1, width) or (value.ndim == 2 and value.shape[0] != 1):
             why = f"bias {list(value.shape)} does not broadcast over [N, {width}] per row"
             raise _unsupported(node, label, why)

@@ -25,10 +25,10 @@ from typing import Any
 import cupy
 import numpy as np
 
-from workers.backends.base import check_batch
-from workers.backends.cublas_direct import CublasHandle
-from workers.backends.cupy_kernels import CupyOps
-from workers.backends.cupy_pool import (
+from workers.scoring.backends.base import check_batch
+from workers.scoring.backends.cublas_direct import CublasHandle
+from workers.scoring.backends.cupy_kernels import CupyOps
+from workers.scoring.backends.cupy_pool import (
     allocate_device,
     capture_lock,
     configure_pools,
@@ -36,9 +36,9 @@ from workers.backends.cupy_pool import (
     note_pinned,
     notify_freed,
 )
-from workers.backends.cupy_weights import acquire_weights, release_weights
-from workers.backends.graph_plan import Plan
-from workers.backends.plan_exec import (
+from workers.scoring.backends.cupy_weights import acquire_weights, release_weights
+from workers.scoring.backends.graph_plan import Plan
+from workers.scoring.backends.plan_exec import (
     BAD_IDS,
     FP16_MAX_ABS_ERROR,
     FP32_MAX_ABS_ERROR,
@@ -48,7 +48,7 @@ from workers.backends.plan_exec import (
     buffer_specs,
     layout,
 )
-from workers.model_repo import ModelSpec
+from workers.scoring.repository import ModelSpec
 
 logger = logging.getLogger("adstream.workers.cupy")
 
@@ -112,7 +112,7 @@ class _PinnedStaging:
         self.mem, self.capacity, self.nbytes = None, 0, 0
 
 
-class _AllocationCounter(cupy.cuda.MemoryHook):
+class _AllocationCounter(cupy.cuda.MemoryHook):  # type: ignore[misc]  # cupy is untyped
     """Counts pool allocations made by this thread (none may happen during graph capture)."""
 
     name = "adstream_capture_allocations"
@@ -231,7 +231,7 @@ class CupyBackend:
                 self._download(entry.workspace.views, n)
                 self._stream.synchronize()
                 self.stats.graph_replays += 1
-                self.stats.padded_rows += rows - n  # type: ignore[operator]
+                self.stats.padded_rows += rows - n
             else:
                 workspace = _Workspace(self.plan, self._specs, n, f"batch of {n} rows")
                 try:

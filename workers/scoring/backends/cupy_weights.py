@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from workers.backends.cupy_pool import PoolExhaustedError, capture_lock, notify_freed
-from workers.backends.graph_plan import Plan, compile_plan
-from workers.backends.plan_exec import PlanWeights, prepare_weights
+from workers.scoring.backends.cupy_pool import PoolExhaustedError, capture_lock, notify_freed
+from workers.scoring.backends.graph_plan import Plan, compile_plan
+from workers.scoring.backends.plan_exec import PlanWeights, prepare_weights
 
 logger = logging.getLogger("adstream.workers.gpu_weights")
 

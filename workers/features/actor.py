@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline import headers as H
-from pipeline.actor import Handler, Result
+from pipeline.actor import Result
 from pipeline.timeslice import TimeSlice
 from pipeline.tracing import BatchClock, child, current_batch, parent_of
 from pipeline.transport.base import Outgoing, Record, Transport
@@ -24,8 +24,8 @@ from schemas.messages import (
     peek_request,
     schema_name,
 )
-from workers.features import FeaturePipeline
-from workers.replies import dead_letter, status_result
+from workers.features.spec import FeaturePipeline
+from workers.replies import DeadLettering, status_result
 from workers.request_ids import Origin
 from workers.settings import Settings
 from workers.spans import FEATURE_PLAN, open_stage, record_attributes
@@ -38,7 +38,7 @@ CHUNK_SCHEMA = schema_name(FeatureChunk.TYPE)
 OFF_LOOP_ROWS = 2048  # a plan call over this many rows (~1 ms) runs in a thread, off the loop
 
 
-class FeatureActor(Handler):
+class FeatureActor(DeadLettering):
     name = "features"
     ordered = True
 
@@ -70,8 +70,7 @@ class FeatureActor(Handler):
             await slice_.check()
             req, n = item.request, item.request.n_candidates
             n_chunks = (n + step - 1) // step
-            bid = req.candidates["bid"].astype("<f4", copy=False)
-            ad_id = req.candidates["ad_id"].astype("<i8", copy=False)
+            ad_id, bid = ads_of(req)
             out = []
             for c in range(n_chunks):
                 sl = slice(c * step, (c + 1) * step)
@@ -124,7 +123,7 @@ class FeatureActor(Handler):
         and ended (epoch ns)."""
         results: list[Result] = [[] for _ in records]
         live: list[Prepared] = []
-        now_ms = time.time() * 1000
+        now_ms = H.now_ms()
         slice_ = TimeSlice()
         for i, rec in enumerate(records):
             await slice_.check()
@@ -224,7 +223,7 @@ class FeatureActor(Handler):
 
     def dead_letter(self, record: Record, error: Exception) -> list[Outgoing]:
         """The dead letter, and a ``rejected`` answer when the request can be addressed."""
-        out = [dead_letter(record, error, self.name, self.s.topics.dlq)]
+        out = super().dead_letter(record, error)
         if isinstance(error, SchemaError) and error.request_id:
             topic = self.s.topics.results
             if error.reply_to and self._topics_seen.get(error.reply_to):
@@ -233,6 +232,13 @@ class FeatureActor(Handler):
             out.append(status_result(error.request_id, "rejected", topic, reason=error.reason,
                                      headers=record.headers))
         return out
+
+
+def ads_of(req: ScoreRequest) -> tuple[np.ndarray, np.ndarray]:
+    """A request's ad ids (int64) and bids (float32): number columns, as decoding checked."""
+    ad_id, bid = req.candidates["ad_id"], req.candidates["bid"]
+    assert isinstance(ad_id, np.ndarray) and isinstance(bid, np.ndarray)
+    return ad_id.astype("<i8", copy=False), bid.astype("<f4", copy=False)
 
 
 @dataclass(slots=True)

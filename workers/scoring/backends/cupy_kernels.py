@@ -12,7 +12,7 @@ from typing import Any
 import cupy
 import numpy as np
 
-from workers.backends.plan_exec import FieldIndex
+from workers.scoring.backends.plan_exec import FieldIndex
 
 THREADS = 256
 MAX_BLOCKS = 1 << 16  # grid-stride loop beyond this

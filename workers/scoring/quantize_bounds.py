@@ -1,5 +1,5 @@
 """What ``adstream model quantize`` accepts: its modes and accuracy bounds (kept apart from
-:mod:`workers.quantize` so that building the command line imports no onnxruntime)."""
+:mod:`workers.scoring.quantize` so that building the command line imports no onnxruntime)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import numpy as np
 import structlog
 
 from pipeline.batcher import BatcherClosed, DynamicBatcher, Timing
-from workers.model_repo import ModelRepositoryError, ModelSpec, load_model, served_versions
+from workers.scoring.repository import ModelRepositoryError, ModelSpec, load_model, served_versions
 
 log = structlog.get_logger("adstream.models")
 

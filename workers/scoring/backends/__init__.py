@@ -9,15 +9,15 @@ import logging
 from functools import cache
 from typing import Any
 
-from workers.backend_names import BACKENDS
-from workers.backends.base import (
+from workers.scoring.backend_names import BACKENDS
+from workers.scoring.backends.base import (
     BackendUnavailableError,
     ScoringBackend,
     UnsupportedModelError,
     check_batch,
 )
-from workers.model_inputs import InputBinding
-from workers.model_repo import ModelSpec
+from workers.scoring.inputs import InputBinding
+from workers.scoring.repository import ModelSpec
 
 __all__ = [
     "BACKENDS",
@@ -87,7 +87,7 @@ def create_backend(spec: ModelSpec, backend: str | None = None, **options: Any) 
     if kind not in BACKENDS:
         raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
     if kind == "cupy":
-        from workers.backends.graph_plan import compile_plan
+        from workers.scoring.backends.graph_plan import compile_plan
 
         try:
             if not InputBinding(spec.config).positional:
@@ -110,17 +110,17 @@ def create_backend(spec: ModelSpec, backend: str | None = None, **options: Any) 
                 f"backend 'cupy' was requested for model {spec.name} but CUDA is unavailable: "
                 f"{reason}"
             )
-        from workers.backends.cupy_graph import CupyBackend
+        from workers.scoring.backends.cupy_graph import CupyBackend
 
         return CupyBackend(spec, plan=plan, **_split_options("cupy", options))
     if kind == "onnxruntime-cuda":
-        from workers.backends.onnx_cuda import OnnxCudaBackend
+        from workers.scoring.backends.onnx_cuda import OnnxCudaBackend
 
         return OnnxCudaBackend(spec)
     return _onnx(spec, options)
 
 
 def _onnx(spec: ModelSpec, options: dict[str, Any]) -> ScoringBackend:
-    from workers.backends.onnx_cpu import OnnxCpuBackend
+    from workers.scoring.backends.onnx_cpu import OnnxCpuBackend
 
     return OnnxCpuBackend(spec, **_split_options("onnxruntime", options))

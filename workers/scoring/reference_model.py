@@ -176,7 +176,7 @@ def config_toml(name: str, embedding_dim: int = 16) -> str:
     buckets = ", ".join(str(b) for _, b in SPARSE_FIELDS)
     dense = ", ".join(f'"{f}"' for f in DENSE_FIELDS)
     preferred = ", ".join(str(r) for r in PREFERRED_BATCH_ROWS)
-    return f"""# adstream model repository config (written by workers.model_build)
+    return f"""# adstream model repository config (written by workers.scoring.reference_model)
 # reference DLRM-style CTR model, embedding_dim = {embedding_dim}
 name = "{name}"
 backend = "onnxruntime"

@@ -1,7 +1,7 @@
 """GPU checks of the CuPy backend (parity, sharing, backpressure, CUDA graphs).
 
 Used by ``tests/test_gpu.py`` and runnable without pytest on a GPU machine:
-``python -m workers.backends.gpu_selftest`` (exit status 1 if a check fails).
+``python -m loadtest.gpu_selftest`` (exit status 1 if a check fails).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.model_build import build_reference_model
-from workers.model_repo import ModelConfig, ModelSpec, load_model
+from loadtest.random_rows import random_rows
+from workers.scoring.reference_model import build_reference_model
+from workers.scoring.repository import ModelSpec, load_model
 
 PARITY_ROWS = 10_000
 ODD_BATCH_SIZES = (1, 777, 3001)
@@ -39,18 +40,9 @@ class CheckResult:
     seconds: float
 
 
-def random_rows(config: ModelConfig, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Standardised dense features and uniformly random in-range sparse ids."""
-    rng = np.random.default_rng(seed)
-    dense = rng.standard_normal((n, len(config.dense_features)), dtype=np.float32)
-    buckets = np.asarray(config.sparse_buckets, dtype=np.int64)
-    sparse = rng.integers(0, buckets, size=(n, len(buckets)), dtype=np.int64)
-    return dense, sparse
-
-
 def reference_scores(spec: ModelSpec, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
     """onnxruntime CPU scores (the parity baseline)."""
-    from workers.backends.onnx_cpu import OnnxCpuBackend
+    from workers.scoring.backends.onnx_cpu import OnnxCpuBackend
 
     backend = OnnxCpuBackend(spec, intra_op_threads=os.cpu_count() or 1)
     try:
@@ -71,7 +63,11 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 def check_parity(spec: ModelSpec, dtype: str = "float32", cuda_graphs: bool = False) -> str:
     """CuPy vs onnxruntime CPU on 10,000 rows, whole and in preferred and odd batch sizes."""
-    from workers.backends.cupy_graph import FP16_MAX_ABS_ERROR, FP32_MAX_ABS_ERROR, CupyBackend
+    from workers.scoring.backends.cupy_graph import (
+        FP16_MAX_ABS_ERROR,
+        FP32_MAX_ABS_ERROR,
+        CupyBackend,
+    )
 
     tol = FP32_MAX_ABS_ERROR if dtype == "float32" else FP16_MAX_ABS_ERROR
     dense, sparse = random_rows(spec.config, PARITY_ROWS, seed=1)
@@ -104,7 +100,7 @@ def check_parity(spec: ModelSpec, dtype: str = "float32", cuda_graphs: bool = Fa
 
 def check_cuda_graphs_captured(spec: ModelSpec) -> str:
     """Every preferred size captures a CUDA graph that replays without device allocations."""
-    from workers.backends.cupy_graph import CupyBackend
+    from workers.scoring.backends.cupy_graph import CupyBackend
 
     backend = CupyBackend(spec, cuda_graphs=True)
     try:
@@ -119,7 +115,7 @@ def check_cuda_graphs_captured(spec: ModelSpec) -> str:
 
 def check_out_of_range_ids(spec: ModelSpec) -> str:
     """Ids beyond a table are clamped (and counted); negative ids wrap like ONNX Gather."""
-    from workers.backends.cupy_graph import FP32_MAX_ABS_ERROR, CupyBackend
+    from workers.scoring.backends.cupy_graph import FP32_MAX_ABS_ERROR, CupyBackend
 
     dense, sparse = random_rows(spec.config, 1000, seed=2)
     buckets = np.asarray(spec.config.sparse_buckets, dtype=np.int64)
@@ -170,7 +166,7 @@ class _PeakSampler:
     """Samples the device pool's total bytes every ~0.5 ms in a background thread."""
 
     def __init__(self) -> None:
-        from workers.backends.cupy_pool import device_pool
+        from workers.scoring.backends.cupy_pool import device_pool
 
         self.pool, self.peak, self._stop = device_pool(), 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -192,8 +188,8 @@ def check_sharing(
 ) -> str:
     """4 instances on 4 streams in 4 threads drain a full queue under a small pool limit:
     weights are on the device once, the pool never exceeds its limit, every score is right."""
-    from workers.backends.cupy_graph import FP32_MAX_ABS_ERROR, CupyBackend
-    from workers.backends.cupy_pool import configure_pools, device_pool, pool_stats
+    from workers.scoring.backends.cupy_graph import FP32_MAX_ABS_ERROR, CupyBackend
+    from workers.scoring.backends.cupy_pool import configure_pools, device_pool, pool_stats
 
     pool = device_pool()
     pool.free_all_blocks()
@@ -251,8 +247,8 @@ def check_wait_then_succeed(spec: ModelSpec, rows: int = 4096) -> str:
     larger than the whole limit fails at once with a clear error."""
     import cupy
 
-    from workers.backends.cupy_graph import FP32_MAX_ABS_ERROR, CupyBackend
-    from workers.backends.cupy_pool import (
+    from workers.scoring.backends.cupy_graph import FP32_MAX_ABS_ERROR, CupyBackend
+    from workers.scoring.backends.cupy_pool import (
         PoolExhaustedError,
         configure_pools,
         device_pool,
@@ -354,10 +350,10 @@ def run_checks(spec: ModelSpec, warn_only: tuple[str, ...] = ("cuda graphs captu
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the GPU self-test; exit status 0 when every check passes, 2 without a GPU."""
-    parser = argparse.ArgumentParser(prog="python -m workers.backends.gpu_selftest")
+    parser = argparse.ArgumentParser(prog="python -m loadtest.gpu_selftest")
     parser.add_argument("--repo", type=Path, help="model repository (default: a temp build)")
     args = parser.parse_args(argv)
-    from workers.backends import cuda_available
+    from workers.scoring.backends import cuda_available
 
     ok, reason = cuda_available()
     if not ok:

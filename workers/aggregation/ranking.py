@@ -15,4 +15,4 @@ def rank(ad_id: np.ndarray, bid: np.ndarray, score: np.ndarray, k: int) -> np.nd
     else:
         cand = np.arange(len(ev))
     order = np.lexsort((ad_id[cand], -ev[cand]))
-    return cand[order[:k]]  # type: ignore[no-any-return]
+    return cand[order[:k]]

@@ -12,7 +12,7 @@ import numpy as np
 import structlog
 
 from pipeline import headers as H
-from pipeline.actor import Handler, Result, Send
+from pipeline.actor import Result, Send
 from pipeline.admin import AdminHandler
 from pipeline.batcher import DynamicBatcher, Timing
 from pipeline.timeslice import TimeSlice
@@ -27,9 +27,9 @@ from schemas.messages import (
     first_nonfinite_row,
     schema_name,
 )
-from workers.model_routing import ShadowSummary, Split
-from workers.model_versions import ModelVersions
-from workers.replies import dead_letter
+from workers.replies import DeadLettering
+from workers.scoring.routing import ShadowSummary, Split
+from workers.scoring.versions import ModelVersions
 from workers.settings import Settings
 from workers.spans import model_steps, open_stage, record_attributes
 
@@ -54,7 +54,7 @@ class Rows:
     user_id: str | None = None
 
 
-class ScoringWorker(Handler):
+class ScoringWorker(DeadLettering):
     name = "scorer"
     ordered = True
 
@@ -119,7 +119,7 @@ class ScoringWorker(Handler):
     async def handle(self, records: Sequence[Record]) -> list[Result]:
         results: list[Result] = [[] for _ in records]
         live: list[tuple[int, FeatureChunk]] = []
-        now_ms = time.time() * 1000
+        now_ms = H.now_ms()
         limit = self.s.actor.max_message_bytes
         slice_ = TimeSlice()
         for i, rec in enumerate(records):
@@ -202,7 +202,7 @@ class ScoringWorker(Handler):
             for g in _group([parts[i] for i in members], self.batcher.max_rows):
                 groups.append([(members[j], lo, hi) for j, lo, hi in g])
                 targets.append(arm)
-        now_ms, now = time.time() * 1000, time.monotonic()
+        now_ms, now = H.now_ms(), time.monotonic()
         outs = await asyncio.gather(*(self._submit(parts, g, now_ms, now, arm, timed)
                                       for g, arm in zip(groups, targets, strict=True)))
         pieces: list[list[np.ndarray]] = [[] for _ in parts]
@@ -297,9 +297,6 @@ class ScoringWorker(Handler):
         if chunk.ad_id.shape[0] > self.batcher.max_rows:
             raise SchemaError("ad_id", f"{chunk.ad_id.shape[0]} rows exceed the batch limit "
                               f"{self.batcher.max_rows}", request_id=chunk.request_id)
-
-    def dead_letter(self, record: Record, error: Exception) -> list[Outgoing]:
-        return [dead_letter(record, error, self.name, self.s.topics.dlq)]
 
 
 def _version(body: Mapping[str, Any], *, required: bool) -> int | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workers.model_repo import ModelConfig
+from workers.scoring.repository import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from workers.backends.base import BackendUnavailableError, check_batch
-from workers.backends.onnx_cpu import session_options
-from workers.model_inputs import InputBinding
-from workers.model_repo import ModelSpec
+from workers.scoring.backends.base import BackendUnavailableError, check_batch
+from workers.scoring.backends.onnx_cpu import session_options
+from workers.scoring.inputs import InputBinding
+from workers.scoring.repository import ModelSpec
 
 PROVIDER = "CUDAExecutionProvider"
 _arena_lock = threading.Lock()
@@ -70,7 +70,7 @@ class OnnxCudaBackend:
             raise BackendUnavailableError(f"backend 'onnxruntime-cuda': {reason}")
         import cupy
 
-        from workers.backends.cupy_pool import configure_pools
+        from workers.scoring.backends.cupy_pool import configure_pools
 
         configure_pools()
         self._cupy = cupy
@@ -119,4 +119,4 @@ class OnnxCudaBackend:
         return np.asarray(d_out.get(stream=self.stream), dtype=np.float32).reshape(n)
 
     def close(self) -> None:
-        self._session = None  # type: ignore[assignment]
+        self._session = None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from workers.backends.base import check_batch
-from workers.model_inputs import InputBinding
-from workers.model_repo import ModelSpec
+from workers.scoring.backends.base import check_batch
+from workers.scoring.inputs import InputBinding
+from workers.scoring.repository import ModelSpec
 
 
 def session_options(intra_op_threads: int) -> ort.SessionOptions:

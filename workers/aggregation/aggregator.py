@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import time
 from collections import OrderedDict
@@ -22,13 +23,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline import headers as H
-from pipeline.actor import Handler, Held, PartitionLost, Result, Send
+from pipeline.actor import Held, PartitionLost, Result, Send
 from pipeline.timeslice import TimeSlice
 from pipeline.tracing import BatchClock, current_batch, link, parent_of
 from pipeline.transport.base import TP, Outgoing, Record, Transport
 from schemas.messages import ScoreChunk, ScoreResult, decode, schema_name
-from workers.ranking import rank
-from workers.replies import dead_letter, result_message, status_result
+from workers.aggregation.ranking import rank
+from workers.replies import DeadLettering, result_message, status_result
 from workers.request_ids import Origin, RequestIds, Seen
 from workers.settings import Settings
 from workers.spans import AGGREGATION, open_stage
@@ -58,7 +59,7 @@ class _Pending:
     others: list[dict[str, bytes]] | None = None
 
 
-class Aggregator(Handler):
+class Aggregator(DeadLettering):
     name = "aggregator"
     holds = True
 
@@ -248,7 +249,7 @@ class Aggregator(Handler):
         self.counts[status] += 1
         del self._pending[p.request_id]
         self._done[p.request_id] = p.partition
-        p.answered.add_done_callback(lambda fut, rid=p.request_id: self._sent(rid, fut))
+        p.answered.add_done_callback(functools.partial(self._sent, p.request_id))
         while len(self._done) > self.s.aggregator.dedupe_capacity:
             self._done.popitem(last=False)
         return msgs
@@ -263,7 +264,7 @@ class Aggregator(Handler):
         send path; sleeps until the earliest deadline (or an earlier one arrives)."""
         tick = self.s.aggregator.tick_ms / 1000
         while not self._closing.is_set():
-            now = time.time() * 1000
+            now = H.now_ms()
             while self._deadlines and self._deadlines[0][0] <= now:
                 _, rid = heapq.heappop(self._deadlines)
                 p = self._pending.get(rid)
@@ -289,11 +290,8 @@ class Aggregator(Handler):
                     p.answered.set_exception(e)
                     raise
                 p.answered.set_result(None)
-            wait = (self._deadlines[0][0] - time.time() * 1000) / 1000 if self._deadlines \
+            wait = (self._deadlines[0][0] - H.now_ms()) / 1000 if self._deadlines \
                 else 3600.0
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(tick, wait))
-
-    def dead_letter(self, record: Record, error: Exception) -> list[Outgoing]:
-        return [dead_letter(record, error, self.name, self.s.topics.dlq)]

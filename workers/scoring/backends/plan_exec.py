@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from workers.backends.graph_plan import AddStep, AffineStep, ConcatStep, Plan
+from workers.scoring.backends.graph_plan import AddStep, AffineStep, ConcatStep, Plan
 
 DENSE_F32 = "__dense_f32"  # float32 dense input when the compute dtype is not float32
 SCORES_F32 = "__scores_f32"  # float32 scores when the compute dtype is not float32
@@ -121,7 +121,8 @@ def bind_views(
     return views
 
 
-def prepare_weights(plan: Plan, dtype: np.dtype, to_device: Callable[[np.ndarray], Any]):
+def prepare_weights(plan: Plan, dtype: np.dtype, to_device: Callable[[np.ndarray], Any]
+                    ) -> PlanWeights:
     """Converts a plan's weights to ``dtype`` and hands each array to ``to_device``."""
     dtype = np.dtype(dtype)
     arrays = {k: to_device(np.ascontiguousarray(v, dtype=dtype)) for k, v in plan.weights.items()}

@@ -27,12 +27,12 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from schemas.messages import ScoreRequest
-from workers.backends.onnx_cpu import session_options
-from workers.features import FeaturePipeline
-from workers.model_inputs import InputBinding
-from workers.model_repo import MODEL_FILE, ModelRepositoryError, ModelSpec, list_versions
-from workers.quantize_bounds import MODES, Bounds
-from workers.ranking import rank
+from workers.aggregation.ranking import rank
+from workers.features.spec import FeaturePipeline
+from workers.scoring.backends.onnx_cpu import session_options
+from workers.scoring.inputs import InputBinding
+from workers.scoring.quantize_bounds import MODES, Bounds
+from workers.scoring.repository import MODEL_FILE, ModelRepositoryError, ModelSpec, list_versions
 
 REPORT_FILE = "quantization.json"
 STATIC_OPS = ("Gemm", "MatMul", "Relu", "Concat", "Gather")  # per-channel int8 weights

@@ -1,6 +1,6 @@
 """Feature transforms: small functions over columns that fill a request's model inputs.
 
-A feature pipeline is a list of transforms (see :mod:`workers.features`). Each one reads
+A feature pipeline is a list of transforms (see :mod:`workers.features.spec`). Each one reads
 the request (user and context scalars, candidate columns) and writes one column of the
 ``sparse`` (embedding ids) or ``dense`` (normalized numbers) matrix. Everything is
 vectorized: a request with 300 candidates costs a handful of numpy calls per feature.
@@ -32,7 +32,7 @@ def mix64(x: np.ndarray) -> np.ndarray:
         z = x + _GOLDEN
         z = (z ^ (z >> np.uint64(30))) * _M1
         z = (z ^ (z >> np.uint64(27))) * _M2
-        return z ^ (z >> np.uint64(31))  # type: ignore[no-any-return]
+        return z ^ (z >> np.uint64(31))
 
 
 def hash_scalar(value: Scalar | None) -> np.uint64:
@@ -110,7 +110,7 @@ def _encodes(text: str) -> bool:
 
 def column_ids(col: np.ndarray | StringColumn, field: str) -> np.ndarray:
     """The int64 ids of a categorical candidate column (integers, whole floats, strings)."""
-    if type(col) is StringColumn:
+    if isinstance(col, StringColumn):
         return category_ids(col)
     if col.dtype.kind not in "iuf":
         raise SchemaError(field, "categorical column must be integer or string")
@@ -226,7 +226,7 @@ def numeric(
     def apply(batch: FeatureBatch) -> None:
         if scope == "candidate":
             col = batch.candidates.get(key)
-            if type(col) is StringColumn:
+            if isinstance(col, StringColumn):
                 raise SchemaError(f"candidates.{key}", NOT_NUMERIC)
             x = (np.full(batch.n, default, dtype=np.float32) if col is None
                  else col.astype(np.float32, copy=False))

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from schemas.messages import ScoreRequest
-from workers.feature_plan import CategoricalSpec, CrossSpec, FeaturePlan, NumericSpec
-from workers.transforms import FeatureBatch, Transform, categorical, cross, numeric
+from workers.features.plan import CategoricalSpec, CrossSpec, FeaturePlan, NumericSpec
+from workers.features.transforms import FeatureBatch, Transform, categorical, cross, numeric
 
-DEFAULT_SPEC = Path(__file__).with_name("features.default.toml")
+DEFAULT_SPEC = Path(__file__).with_name("default.toml")
 
 
 class FeatureConfigError(ValueError):
@@ -78,12 +78,14 @@ class FeaturePipeline:
             except (KeyError, ValueError, TypeError) as e:
                 raise FeatureConfigError(f"{path}: dense.{name}: {e}") from None
         transforms = []
-        for spec in [*cat_specs, *cross_specs, *num_specs]:  # categoricals before crosses
+        features: list[CategoricalSpec | CrossSpec | NumericSpec] = [
+            *cat_specs, *cross_specs, *num_specs]  # categoricals before crosses
+        for feature in features:
             try:
-                transforms.append(_reference(spec))
+                transforms.append(_reference(feature))
             except (ValueError, TypeError) as e:
-                kind = "dense" if isinstance(spec, NumericSpec) else "sparse"
-                raise FeatureConfigError(f"{path}: {kind}.{spec.name}: {e}") from None
+                kind = "dense" if isinstance(feature, NumericSpec) else "sparse"
+                raise FeatureConfigError(f"{path}: {kind}.{feature.name}: {e}") from None
         try:
             plan = FeaturePlan(cat_specs, cross_specs, num_specs, len(sparse_names),
                                len(dense_names))
