@@ -177,7 +177,7 @@ class Actor:
         for m in self.middleware:
             try:
                 getattr(m, name)(self, *args)
-            except Exception as e:  # noqa: BLE001 - observability must not stop the work
+            except Exception as e:  # observability must not stop the work
                 self.log.error("middleware hook failed", hook=f"{type(m).__name__}.{name}",
                                error=f"{type(e).__name__}: {e}")
 
@@ -343,7 +343,7 @@ class Actor:
             return results
         except (asyncio.CancelledError, ProducerFailed, PartitionLost):
             raise
-        except Exception as e:  # noqa: BLE001 - find the record(s) that caused it
+        except Exception as e:  # find the record(s) that caused it
             if len(records) == 1:
                 return [e]
         out: list[Result] = []
