@@ -92,7 +92,8 @@ class Measurement:
 
     @functools.cached_property
     def _offsets(self) -> list[float]:
-        return self.schedule.offsets_s.tolist()  # Python floats: cheaper one at a time
+        offsets: list[float] = self.schedule.offsets_s.tolist()  # Python floats: cheaper
+        return offsets  # one at a time
 
     def on_answer(self, a: Answer) -> None:
         i = a.request
@@ -126,7 +127,7 @@ class Measurement:
 
     def latency_ms(self) -> np.ndarray:
         """Latency from the intended send time, NaN where no result arrived."""
-        lat = (self.received_s - self.intended_s) * 1000.0
+        lat: np.ndarray = (self.received_s - self.intended_s) * 1000.0
         lat[(self.status < 0) | (self.status == ERROR)] = np.nan
         return lat
 
