@@ -10,7 +10,9 @@ forwarded too and the children exit at once. Child ``i`` learns its index from
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
 import subprocess
 import time
@@ -53,6 +55,7 @@ class Supervisor:
         self._stopping = False
         self._signals = StopSignals()
         self._deadline = float("inf")  # when children still running are killed
+        self._wake_r = self._wake_w = -1  # written by a stop signal: ends the pause at once
 
     def _spawn(self, index: int, restarts: int = 0) -> _Child:
         extra = self.child_args(index) if self.child_args is not None else []
@@ -79,14 +82,35 @@ class Supervisor:
         for c in self.children:
             if c.proc.poll() is None:
                 c.proc.send_signal(signum)
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+                os.write(self._wake_w, b"\0")
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when a stop signal comes meanwhile (a sleep would
+        resume after the signal's handler: a restart backoff would delay the stop)."""
+        ready, _, _ = select.select([self._wake_r], [], [], seconds)
+        if ready:
+            os.read(self._wake_r, 4096)
 
     def run(self) -> int:
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        try:
+            return self._supervise()
+        finally:
+            r, w = self._wake_r, self._wake_w
+            self._wake_r = self._wake_w = -1  # before closing: the handler skips the write
+            os.close(r)
+            os.close(w)
+
+    def _supervise(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.children = [self._spawn(i) for i in range(self.processes)]
         backoff: dict[int, float] = {}
         while not self._stopping:
-            time.sleep(0.1)
+            self._pause(0.1)
             for pos, c in enumerate(self.children):
                 code = c.proc.poll()
                 if code is None or self._stopping:
@@ -97,7 +121,7 @@ class Supervisor:
                 backoff[c.index] = delay
                 log.warning("child exited; restarting", index=c.index, pid=c.proc.pid,
                             exit_code=code, restart_in_s=delay)
-                time.sleep(delay)
+                self._pause(delay)
                 if self._stopping:
                     break
                 self.restarts += 1
@@ -117,4 +141,4 @@ class Supervisor:
                 log.warning("child did not stop in time; killing it", pid=c.proc.pid)
                 c.proc.kill()
                 return c.proc.wait()
-            time.sleep(0.05)
+            self._pause(0.05)
