@@ -484,7 +484,7 @@ async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "au
                     "machine_cores_busy": best_step["probe"]["machine_cores_busy"],
                     "wait_per_cpu": best_step["probe"]["wait_per_cpu"],
                     "batch_rows": best_step["probe"]["batch_rows"]}
-        ratio = cands_per_s / float(lim["rows_per_s"])  # type: ignore[arg-type]
+        ratio = cands_per_s / float(lim["rows_per_s"])
         for st in sweep_doc["steps"]:
             st["run"].pop("samples", None)
         doc: dict[str, Any] = {

@@ -66,7 +66,8 @@ def measure(
     return len(times), dense.shape[0] * len(times) / total, *np.percentile(ms, [50, 99])
 
 
-def _backends(spec: ModelSpec, cpu_threads: int, sizes: tuple[int, ...], skip_cpu: bool):
+def _backends(spec: ModelSpec, cpu_threads: int, sizes: tuple[int, ...],
+              skip_cpu: bool) -> dict[str, ScoringBackend]:
     from workers.scoring.backends.cupy_graph import CupyBackend
     from workers.scoring.backends.onnx_cpu import OnnxCpuBackend
 
@@ -154,7 +155,7 @@ def bench_sharing(
         b.score(*batches[0])
     single = measure(backends[0].score, *batches[0], budget_s=1.0)[1]
     reset_peak()
-    work: queue.Queue = queue.Queue(maxsize=4 * instances)
+    work: queue.Queue[tuple[np.ndarray, np.ndarray] | None] = queue.Queue(maxsize=4 * instances)
     done = [0] * instances
 
     def serve(i: int) -> None:

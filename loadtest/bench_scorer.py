@@ -117,10 +117,12 @@ async def _run_worker(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarr
         max_in_flight_bytes=64 * 1024 * 1024))
     stop = asyncio.Event()
     task = asyncio.create_task(actor.run(stop))
-    while not actor.ready.is_set():  # the clock starts once the group gave it partitions
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.002)
+    # the clock starts once the group gave it partitions (or the actor failed: raise that)
+    ready = asyncio.create_task(actor.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if task.done():
+        task.result()
     start = time.perf_counter()
     while actor.stats.produced < n_chunks:
         if task.done():

@@ -138,7 +138,7 @@ async def _bench(args: argparse.Namespace, repo: Path) -> tuple[Times, dict[str,
 
     async with asyncio.TaskGroup() as tg:
         for h in handlers:
-            await h.open(tg, send)  # type: ignore[arg-type]
+            await h.open(tg, send)
         try:
             for step in range(args.steps + 1):  # step 0 warms every variant up
                 order = VARIANTS[step % 4:] + VARIANTS[:step % 4]

@@ -113,7 +113,7 @@ def _model_config(s: Settings) -> dict[str, Any] | None:
         from workers.scoring.repository import load_model
 
         spec = load_model(Path(s.scorer.model_repo), s.scorer.model, s.scorer.version or None)
-    except Exception:  # noqa: BLE001 - the model may live only where the workers run
+    except Exception:  # the model may live only where the workers run
         return None
     c = spec.config
     return {"backend": c.backend, "max_batch_rows": c.max_batch_rows,

@@ -77,7 +77,7 @@ def _count(kind: str, params: tuple[float, ...], rng: np.random.Generator, cap: 
     if kind == "fixed":
         n = params[0]
     elif kind == "uniform":
-        n = rng.integers(int(params[0]), int(params[1]) + 1)
+        n = int(rng.integers(int(params[0]), int(params[1]) + 1))
     else:
         n = rng.lognormal(np.log(params[0]), params[1])
     return int(min(max(1, round(float(n))), cap))

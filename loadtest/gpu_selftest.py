@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import traceback
+from typing import Any
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +140,8 @@ def check_out_of_range_ids(spec: ModelSpec) -> str:
 
 
 def _serve_queue(
-    backends: list, work: queue.Queue, results: dict, errors: list, counts: list[int]
+    backends: list[Any], work: queue.Queue[Any], results: dict[int, Any], errors: list[str],
+    counts: list[int],
 ) -> list[threading.Thread]:
     """Starts one thread per backend, each scoring batches from ``work`` until a None."""
 
@@ -153,7 +155,7 @@ def _serve_queue(
             try:
                 results[key] = backend.score(dense, sparse)
                 counts[i] += 1
-            except Exception as exc:  # noqa: BLE001 - reported by the check
+            except Exception as exc:  # reported by the check
                 errors.append(f"instance {i}: {type(exc).__name__}: {exc}")
 
     threads = [threading.Thread(target=serve, args=(i,), daemon=True) for i in range(len(backends))]
@@ -180,7 +182,7 @@ class _PeakSampler:
     def stop(self) -> int:
         self._stop.set()
         self._thread.join()
-        return max(self.peak, self.pool.total_bytes())
+        return int(max(self.peak, self.pool.total_bytes()))
 
 
 def check_sharing(
@@ -202,14 +204,14 @@ def check_sharing(
     limit = used4 + int(limit_batches * first.workspace_bytes(batch_rows))
     distinct = [random_rows(spec.config, batch_rows, seed=10 + i) for i in range(8)]
     refs = [reference_scores(spec, d, s) for d, s in distinct]
-    work: queue.Queue = queue.Queue(maxsize=batches + SHARING_INSTANCES)
+    work: queue.Queue[Any] = queue.Queue(maxsize=batches + SHARING_INSTANCES)
     for k in range(batches):
         work.put((k, *distinct[k % len(distinct)]))
     waits0 = pool_stats()["waits"]
     configure_pools(limit_bytes=limit)
     pool.free_all_blocks()
     sampler = _PeakSampler()
-    results: dict = {}
+    results: dict[int, Any] = {}
     errors: list[str] = []
     counts = [0] * SHARING_INSTANCES
     start = time.perf_counter()
@@ -267,12 +269,12 @@ def check_wait_then_succeed(spec: ModelSpec, rows: int = 4096) -> str:
         configure_pools(limit_bytes=limit)
         hog = cupy.cuda.alloc(need)  # leaves need/2 free: the batch cannot fit
         waits0 = pool_stats()["waits"]
-        result: dict = {}
+        result: dict[str, Any] = {}
 
         def run() -> None:
             try:
                 result["scores"] = backend.score(dense, sparse)
-            except Exception as exc:  # noqa: BLE001 - reported below
+            except Exception as exc:  # reported below
                 result["error"] = exc
 
         thread = threading.Thread(target=run, daemon=True)
@@ -331,14 +333,15 @@ def all_checks(spec: ModelSpec) -> list[tuple[str, Callable[[], str]]]:
     ]
 
 
-def run_checks(spec: ModelSpec, warn_only: tuple[str, ...] = ("cuda graphs captured",)):
+def run_checks(spec: ModelSpec, warn_only: tuple[str, ...] = ("cuda graphs captured",)
+               ) -> list[CheckResult]:
     """Runs every check, printing one line each; returns the results."""
     results = []
     for name, check in all_checks(spec):
         start = time.perf_counter()
         try:
             detail, status = check(), "PASS"
-        except Exception as exc:  # noqa: BLE001 - every failure is reported, then we go on
+        except Exception as exc:  # every failure is reported, then we go on
             status = "WARN" if name in warn_only else "FAIL"
             detail = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()

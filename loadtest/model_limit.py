@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -113,7 +114,7 @@ def time_batches(spec: ModelSpec, sizes: list[int], *, seconds_per_size: float =
 
 
 def limit(spec: ModelSpec, hist: RowHistogram, max_rows: int, *,
-          seconds_per_size: float = 1.0) -> dict[str, object]:
+          seconds_per_size: float = 1.0) -> dict[str, Any]:
     """Raw rows/s at the formed batch sizes, and the timing per size behind it."""
     if not hist.batches:
         raise ValueError("the scorer formed no batches, so there are no sizes to time")

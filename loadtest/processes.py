@@ -120,7 +120,8 @@ class WorkerProcess:
     def metrics_text(self, timeout_s: float = 5.0) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=timeout_s) as r:
-            return r.read().decode()
+            body: bytes = r.read()
+        return body.decode()
 
     def ready(self) -> bool:
         """/readyz answers 200: the model is loaded and every actor has its partitions."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import functools
 import math
 import time
@@ -36,9 +37,9 @@ ANSWERED = ("ok", "partial", "expired", "rejected")  # a result arrived (with it
 _CODE = {s: i for i, s in enumerate(STATUSES)}
 ERROR = _CODE["error"]
 NONE = -1
-STAMPS = (H.SENT_MS,) + tuple(f"{H.STAGE_PREFIX}{s}.{edge}" for s in
-                              ("features", "scorer", "aggregator", "fused")
-                              for edge in ("in", "out"))
+STAMPS = (H.SENT_MS, *(f"{H.STAGE_PREFIX}{s}.{edge}" for s in
+                       ("features", "scorer", "aggregator", "fused")
+                       for edge in ("in", "out")))
 
 
 def stamps_of(headers: Mapping[str, bytes]) -> list[int]:
@@ -78,6 +79,8 @@ class Measurement:
     stamps: np.ndarray = field(default_factory=lambda: np.zeros((0, len(STAMPS)), np.int64))
     histogram: HdrHistogram = field(default_factory=new_histogram)
     ended_s: float = 0.0
+    #: set whenever every request sent so far has its answer (what the drain waits for)
+    caught_up: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
     @classmethod
     def for_schedule(cls, schedule: Schedule, warmup_s: float, timeout_s: float) -> Measurement:
@@ -89,7 +92,8 @@ class Measurement:
 
     @functools.cached_property
     def _offsets(self) -> list[float]:
-        return self.schedule.offsets_s.tolist()  # Python floats: cheaper one at a time
+        offsets: list[float] = self.schedule.offsets_s.tolist()  # Python floats: cheaper
+        return offsets  # one at a time
 
     def on_answer(self, a: Answer) -> None:
         i = a.request
@@ -105,6 +109,8 @@ class Measurement:
         self.status[i] = code
         self.received_s[i] = a.received_s
         self.n_answered += 1
+        if self.n_answered >= self.n_sent:
+            self.caught_up.set()
         if code == ERROR:
             return
         self.n_scored[i] = a.n_scored
@@ -121,7 +127,7 @@ class Measurement:
 
     def latency_ms(self) -> np.ndarray:
         """Latency from the intended send time, NaN where no result arrived."""
-        lat = (self.received_s - self.intended_s) * 1000.0
+        lat: np.ndarray = (self.received_s - self.intended_s) * 1000.0
         lat[(self.status < 0) | (self.status == ERROR)] = np.nan
         return lat
 
@@ -300,8 +306,10 @@ async def _await_answers(m: Measurement) -> None:
     if m.n_sent == 0:
         return
     give_up = m.t0 + float(m.schedule.offsets_s[m.n_sent - 1]) + m.timeout_s
-    while m.n_answered < m.n_sent and time.monotonic() < give_up:
-        await asyncio.sleep(0.01)
+    m.caught_up.clear()  # n_sent is final now: the next set means every request is answered
+    if m.n_answered < m.n_sent:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(m.caught_up.wait(), max(0.0, give_up - time.monotonic()))
 
 
 async def _report_progress(m: Measurement, sink: ProgressSink, interval_s: float,
@@ -309,10 +317,8 @@ async def _report_progress(m: Measurement, sink: ProgressSink, interval_s: float
     rates = _Rates()
     rates.step(time.monotonic(), 0, 0)
     while not done.is_set():
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), interval_s)
-        except TimeoutError:
-            pass
         phase = ("done" if done.is_set() else
                  "warm-up" if time.monotonic() - m.t0 < m.warmup_s else
                  "draining" if m.n_sent == len(m.schedule) else "sending")

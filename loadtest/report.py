@@ -201,7 +201,7 @@ def _throughput_chart(doc: dict[str, Any]) -> str:
         chart.shade = (0.0, ser["warmup_s"], "warm-up")
     backlog = Chart("Requests in flight (sent, not yet answered)", "seconds since start",
                     "requests")
-    backlog.lines.append(Line("in flight", ser["t"][1:] + [ser["t"][-1] + w],
+    backlog.lines.append(Line("in flight", [*ser["t"][1:], ser["t"][-1] + w],
                               ser["backlog"], PALETTE["purple"]))
     return chart.svg() + "\n" + backlog.svg()
 

@@ -51,7 +51,8 @@ def deadlines(traffic: Traffic, schedule: Schedule, deadline_ms: int | None) -> 
     """Each scheduled request's deadline relative to its intended send time (0: none)."""
     if deadline_ms is not None:
         return np.full(len(schedule), deadline_ms, np.int64)
-    return traffic.timeout_ms[schedule.entries]
+    per_request: np.ndarray = traffic.timeout_ms[schedule.entries]
+    return per_request
 
 
 async def measure(target: Target, traffic: Traffic, schedule: Schedule, opts: RunOptions, *,
@@ -66,8 +67,9 @@ async def measure(target: Target, traffic: Traffic, schedule: Schedule, opts: Ru
 async def replay_target(target: Target, traffic: Traffic, schedule: Schedule, opts: RunOptions,
                         *, progress: ProgressSink | None = None,
                         progress_interval_s: float = 1.0, stop: asyncio.Event | None = None,
-                        ) -> tuple[Measurement, int]:
-    """Replay ``schedule`` against ``target``: the raw measurement and the send errors."""
+                        ) -> tuple[Measurement, list[str]]:
+    """Replay ``schedule`` against ``target``: the raw measurement and the first send
+    errors (each with its request and reason)."""
     system = TransportSystem(target.transport, traffic,
                              requests_topic=target.requests_topic,
                              results_topic=target.results_topic, tag=secrets.token_hex(4))
@@ -80,7 +82,7 @@ async def replay_target(target: Target, traffic: Traffic, schedule: Schedule, op
 
 
 def run_document(m: Measurement, traffic: Traffic, opts: RunOptions,
-                 send_errors: int) -> dict[str, Any]:
+                 send_errors: list[str]) -> dict[str, Any]:
     schedule = m.schedule
     doc: dict[str, Any] = {
         "kind": RUN_KIND, "version": DOC_VERSION,

@@ -119,7 +119,8 @@ def series(m: Measurement) -> dict[str, Any]:
 
     def per_s(t: np.ndarray) -> list[float]:
         idx = np.clip(np.floor(t / w + 1e-9).astype(np.int64), 0, nb - 1)
-        return (np.bincount(idx, minlength=nb) / w).round(2).tolist()
+        rates: list[float] = (np.bincount(idx, minlength=nb) / w).round(2).tolist()
+        return rates
 
     sched_b = np.clip(np.floor(off / w + 1e-9).astype(np.int64), 0, nb - 1)
     p50: list[float | None] = []

@@ -102,7 +102,7 @@ class TransportSystem:
                 acks.append(await producer.send(Outgoing(
                     topic, heads[entry] + rid + tails[entry], key=keys[entry],
                     headers=headers)))
-            except Exception as e:  # noqa: BLE001 - the request failed; the run goes on
+            except Exception as e:  # the request failed; the run goes on
                 acks.append(e)
         self._unacked.append((first, acks))
 

@@ -100,20 +100,22 @@ class Handler(ABC):
         """What to produce when ``record`` is dead-lettered: the dead letter and, where the
         client can be addressed, a ``rejected`` reply."""
 
-    async def open(self, tg: asyncio.TaskGroup, send: Send) -> None:
+    # optional hooks (B027): each does nothing unless the handler overrides it
+
+    async def open(self, tg: asyncio.TaskGroup, send: Send) -> None:  # noqa: B027
         """Start background work (batchers, timers) under the actor's task group."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027
         """Stop background work; called after the last record is done."""
 
-    async def assigned(self, tps: set[TP]) -> None:
+    async def assigned(self, tps: set[TP]) -> None:  # noqa: B027
         """``tps`` were assigned; called before any of their records is handled."""
 
     def admin_routes(self) -> Mapping[str, AdminHandler]:
         """Routes this handler serves under ``/admin/<name>`` of the process's endpoint."""
         return {}
 
-    def revoked(self, tps: set[TP]) -> None:
+    def revoked(self, tps: set[TP]) -> None:  # noqa: B027
         """``tps`` are being taken away: abandon work that waits on more input from them."""
 
 
@@ -177,7 +179,7 @@ class Actor:
         for m in self.middleware:
             try:
                 getattr(m, name)(self, *args)
-            except Exception as e:  # noqa: BLE001 - observability must not stop the work
+            except Exception as e:  # observability must not stop the work
                 self.log.error("middleware hook failed", hook=f"{type(m).__name__}.{name}",
                                error=f"{type(e).__name__}: {e}")
 
@@ -343,7 +345,7 @@ class Actor:
             return results
         except (asyncio.CancelledError, ProducerFailed, PartitionLost):
             raise
-        except Exception as e:  # noqa: BLE001 - find the record(s) that caused it
+        except Exception as e:  # find the record(s) that caused it
             if len(records) == 1:
                 return [e]
         out: list[Result] = []

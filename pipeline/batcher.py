@@ -314,7 +314,7 @@ class DynamicBatcher:
                 pos += it.rows
             if self.on_batch is not None:
                 self.on_batch(rows, compute_s, waits)
-        except Exception as e:  # noqa: BLE001 - every submission of the batch learns why
+        except Exception as e:  # every submission of the batch learns why
             for it in batch:
                 if not it.future.done():
                     it.future.set_exception(e)

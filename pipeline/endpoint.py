@@ -180,7 +180,7 @@ async def _reset(reader: LagReader) -> None:
     """Drop the reader's connections after a failure; the next read reconnects."""
     try:
         await reader.close()
-    except Exception as e:  # noqa: BLE001 - a half-open client may fail to close; log it
+    except Exception as e:  # a half-open client may fail to close; log it
         log.debug("closing the lag reader failed", error=repr(e))
 
 

@@ -161,12 +161,12 @@ async def _enabled_mechanisms(host: str, port: int, opts: KafkaOptions) -> list[
         conn = await asyncio.wait_for(create_conn(
             host, port, client_id=opts.client_id, ssl_context=sec.ssl_context,
             security_protocol="SSL" if sec.tls else "PLAINTEXT"), 10)
-    except Exception:  # noqa: BLE001 - only a hint for the message
+    except Exception:  # only a hint for the message
         return None
     try:
         response = await asyncio.wait_for(conn.send(SaslHandShakeRequest(sec.mechanism)), 10)
         return [str(m) for m in response.enabled_mechanisms]
-    except Exception:  # noqa: BLE001 - only a hint for the message
+    except Exception:  # only a hint for the message
         return None
     finally:
         conn.close()

@@ -17,7 +17,7 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         raise ValueError(f"log.format must be auto, json or console, not {fmt!r}")
     lvl = logging.getLevelName(level.upper())
     if not isinstance(lvl, int):
-        raise ValueError(f"log.level {level!r} is not a logging level")  # noqa: TRY004
+        raise ValueError(f"log.level {level!r} is not a logging level")
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()

@@ -301,7 +301,7 @@ class Metrics(Middleware):
                 else:
                     await reader.describe(group)
                     self._lag[name] = ()
-        except Exception as e:  # noqa: BLE001 - any failure means: the broker did not answer
+        except Exception as e:  # any failure means: the broker did not answer
             if self.broker_ok_at is not None or self.broker_error == "not asked yet":
                 log.warning("cannot read consumer lag from the broker", error=repr(e))
             self.broker_ok_at = None

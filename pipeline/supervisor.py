@@ -16,7 +16,9 @@ for a join instead of for a process start and model load; a new standby is then 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
 import subprocess
 import time
@@ -65,6 +67,7 @@ class Supervisor:
         self._stopping = False
         self._signals = StopSignals()
         self._deadline = float("inf")  # when children still running are killed
+        self._wake_r = self._wake_w = -1  # written by a stop signal: ends the pause at once
 
     def _spawn(self, slot: int, index: int | None, restarts: int = 0) -> _Child:
         """Start a member (``index``) or, with ``index`` None, a standby: it loads its
@@ -103,8 +106,29 @@ class Supervisor:
         for c in self.children:
             if c.proc.poll() is None:
                 c.proc.send_signal(signum)
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+                os.write(self._wake_w, b"\0")
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when a stop signal comes meanwhile (a sleep would
+        resume after the signal's handler: a restart backoff would delay the stop)."""
+        ready, _, _ = select.select([self._wake_r], [], [], seconds)
+        if ready:
+            os.read(self._wake_r, 4096)
 
     def run(self) -> int:
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        try:
+            return self._supervise()
+        finally:
+            r, w = self._wake_r, self._wake_w
+            self._wake_r = self._wake_w = -1  # before closing: the handler skips the write
+            os.close(r)
+            os.close(w)
+
+    def _supervise(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.children = [self._spawn(i, i) for i in range(self.processes)]
@@ -112,7 +136,7 @@ class Supervisor:
         self._log_members()
         backoff: dict[int, float] = {}
         while not self._stopping:
-            time.sleep(0.05)
+            self._pause(0.05)
             for pos, c in enumerate(self.children):
                 code = c.proc.poll()
                 if code is None or self._stopping:
@@ -127,7 +151,7 @@ class Supervisor:
                 delay = min(self.max_backoff_s, backoff.get(c.slot, 0.25) * 2) if young else 0.25
                 backoff[c.slot] = delay
                 if young or not promoted:  # a member taken over needs no pause before
-                    time.sleep(delay)      # its new standby, unless they keep dying young
+                    self._pause(delay)     # its new standby, unless they keep dying young
                 if self._stopping:
                     break
                 self.restarts += 1
@@ -183,4 +207,4 @@ class Supervisor:
                 log.warning("child did not stop in time; killing it", pid=c.proc.pid)
                 c.proc.kill()
                 return c.proc.wait()
-            time.sleep(0.05)
+            self._pause(0.05)

@@ -39,7 +39,7 @@ class RolesThread:
     def _main(self) -> None:
         try:
             asyncio.run(self._serve())
-        except BaseException as e:  # noqa: BLE001 - handed to the test through .error
+        except BaseException as e:  # handed to the test through .error
             self.error = e
             self._ready.set()
 

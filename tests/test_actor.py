@@ -48,13 +48,17 @@ async def _read_all(t, topic):
     return {tp: [r.value for r in recs] for tp, recs in got.items()}
 
 
-async def _run_until(actor: Actor, cond, timeout=5.0):
-    stop = asyncio.Event()
-    task = asyncio.create_task(actor.run(stop))
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _until(cond, within_s=5.0):
+    deadline = asyncio.get_running_loop().time() + within_s
     while not cond():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
+
+
+async def _run_until(actor: Actor, cond, within_s=5.0):
+    stop = asyncio.Event()
+    task = asyncio.create_task(actor.run(stop))
+    await _until(cond, within_s)
     stop.set()
     await task
 
@@ -112,8 +116,7 @@ async def test_offsets_are_committed_only_after_outputs_are_acknowledged(transpo
     assert transport.broker.groups["g"].committed.get(TP("in", 0), 0) == 0
     assert actor.stats.produced == 0
     SlowAck.acked.set()
-    while transport.broker.groups["g"].committed.get(TP("in", 0)) != 2:
-        await asyncio.sleep(0.01)
+    await _until(lambda: transport.broker.groups["g"].committed.get(TP("in", 0)) == 2)
     stop.set()
     await task
 
@@ -130,8 +133,7 @@ async def test_in_flight_budget_pauses_and_resumes_partitions(transport) -> None
     assert actor.stats.consumed == 10  # budget reached: nothing more fetched
     assert actor._flow.paused
     handler.release.set()
-    while actor.stats.produced < 50:
-        await asyncio.sleep(0.01)
+    await _until(lambda: actor.stats.produced >= 50)
     assert actor._flow.pauses >= 1 and not actor._flow.paused
     stop.set()
     await task
@@ -155,8 +157,7 @@ async def test_in_flight_bytes_bound_memory_whatever_the_record_count(transport)
     await asyncio.sleep(0.2)
     assert actor.stats.consumed == consumed_when_paused  # nothing more fetched while paused
     handler.release.set()
-    while actor.stats.produced < 50:
-        await asyncio.sleep(0.01)
+    await _until(lambda: actor.stats.produced >= 50)
     assert not actor._flow.paused and actor._flow.in_flight_bytes == 0
     stop.set()
     await task
@@ -171,8 +172,7 @@ async def test_revoked_partition_is_finished_and_committed_before_release(transp
     await asyncio.sleep(0.02)
     a2 = Actor(transport, Echo(), "g", ["in"])
     t2 = asyncio.create_task(a2.run(stop))
-    while a1.stats.produced + a2.stats.produced < 200:
-        await asyncio.sleep(0.01)
+    await _until(lambda: a1.stats.produced + a2.stats.produced >= 200)
     await asyncio.sleep(0.3)
     stop.set()
     await asyncio.gather(t1, t2)

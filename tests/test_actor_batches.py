@@ -54,9 +54,9 @@ class Batches(Handler):
         return [Outgoing("dlq", record.value, partition=0)]
 
 
-async def _until(cond, timeout=5.0):
+async def _until(cond, within_s=5.0):
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + within_s
     while not cond():
         assert loop.time() < end, "condition not reached"
         await asyncio.sleep(0.01)

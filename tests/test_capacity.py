@@ -87,9 +87,9 @@ def test_figures_errors_name_the_file_and_the_field(tmp_path: Path) -> None:
     with pytest.raises(FiguresError, match=r"bench.json: pipeline.cpu_ms_per_request.broker"):
         load_cpu(small_bench(tmp_path, pipeline={
             "rate": 1.0, "p99_ms": 1.0, "cpu_ms_per_request": {"fused": 5.0}}))
-    with pytest.raises(FiguresError, match="kind is 'adstream.bench', expected"):
+    with pytest.raises(FiguresError, match=r"kind is 'adstream\.bench', expected"):
         load_gpu(small_bench(tmp_path))
-    with pytest.raises(FiguresError, match="nope.json: cannot read it"):
+    with pytest.raises(FiguresError, match=r"nope\.json: cannot read it"):
         load_cpu(tmp_path / "nope.json")
 
 

@@ -59,7 +59,7 @@ def test_a_request_nobody_answers_raises_score_timeout_after_the_timeout(
     asyncio.run(open_transport(running_pipeline.bootstrap).create_topics([unserved], 1))
     with Client(running_pipeline.bootstrap, requests_topic=unserved, linger_s=0.1) as client:
         start = time.monotonic()
-        with pytest.raises(ScoreTimeout, match="no answer to request 'late-1' within 0.5s"):
+        with pytest.raises(ScoreTimeout, match=r"no answer to request 'late-1' within 0\.5s"):
             client.score({"request_id": "late-1", "user_id": "u1",
                           "candidates": {"ad_id": [1], "bid": [0.5]}}, timeout=0.5)
         assert 0.5 <= time.monotonic() - start < 3

@@ -37,7 +37,7 @@ def test_bad_settings_say_where_they_came_from(tmp_path, text, env, flags, messa
 
 
 def test_missing_file_is_named(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="nope.toml: config file not found"):
+    with pytest.raises(ConfigError, match=r"nope\.toml: config file not found"):
         load_config(Settings, tmp_path / "nope.toml", env={})
 
 
@@ -77,7 +77,8 @@ def test_the_same_check_applies_to_the_file_and_the_environment(tmp_path) -> Non
     f.write_text("[topics]\npartitions = 0\n")
     with pytest.raises(ConfigError, match=r"a.toml: topics.partitions: topics.partitions must"):
         load_config(Settings, f, env={})
-    with pytest.raises(ConfigError, match="environment ADSTREAM_KAFKA_LINGER_MS: kafka.linger_ms"):
+    with pytest.raises(ConfigError,
+                       match=r"environment ADSTREAM_KAFKA_LINGER_MS: kafka\.linger_ms"):
         load_config(Settings, env={"ADSTREAM_KAFKA_LINGER_MS": "-1"})
 
 
@@ -111,14 +112,15 @@ def test_a_bad_setting_on_the_command_line_is_one_line_not_a_traceback(flags) ->
 
 
 def test_cross_setting_checks_name_what_is_missing(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="SASL_SSL needs kafka.sasl_username"):
+    with pytest.raises(ConfigError, match=r"SASL_SSL needs kafka\.sasl_username"):
         load_config(Settings, env={}, overrides=["kafka.security_protocol=SASL_SSL"])
-    with pytest.raises(ConfigError, match="needs kafka.sasl_password or kafka.sasl_password_file"):
+    with pytest.raises(ConfigError,
+                       match=r"needs kafka\.sasl_password or kafka\.sasl_password_file"):
         load_config(Settings, env={}, overrides=["kafka.security_protocol=SASL_SSL",
                                                  "kafka.sasl_username=u"])
     with pytest.raises(ConfigError, match=r"kafka.ssl_ca_file: .*nope.pem: no such file"):
         load_config(Settings, env={}, overrides=[f"kafka.ssl_ca_file={tmp_path}/nope.pem"])
-    with pytest.raises(ConfigError, match="actor.resume_in_flight .* must be below"):
+    with pytest.raises(ConfigError, match=r"actor\.resume_in_flight .* must be below"):
         load_config(Settings, env={}, overrides=["actor.resume_in_flight=3000"])
 
 

@@ -65,7 +65,7 @@ class Traffic:
     def _run(self) -> None:
         try:
             asyncio.run(self._produce())
-        except BaseException as e:  # noqa: BLE001 - reported by join()
+        except BaseException as e:  # reported by join()
             self.error = e
         finally:
             self.done.set()
@@ -469,7 +469,7 @@ class CommitWatch:
     def _run(self) -> None:
         try:
             asyncio.run(self._poll())
-        except BaseException as e:  # noqa: BLE001 - reported by outage()
+        except BaseException as e:  # reported by outage()
             self.error = e
 
     async def _poll(self) -> None:

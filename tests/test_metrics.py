@@ -186,7 +186,7 @@ def test_a_busy_port_is_an_error_that_names_the_setting() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         server = MetricsServer(Metrics(), "127.0.0.1", taken.getsockname()[1])
-        with pytest.raises(ConfigError, match="in use.*ADSTREAM_METRICS_PORT"):
+        with pytest.raises(ConfigError, match=r"in use.*ADSTREAM_METRICS_PORT"):
             server.start()
 
 

@@ -149,11 +149,11 @@ def test_missing_directory_and_files(tmp_path: Path) -> None:
     with pytest.raises(ModelRepositoryError, match="model directory is missing"):
         load_model(tmp_path, "ctr")
     (tmp_path / "ctr" / "1").mkdir(parents=True)
-    with pytest.raises(ModelRepositoryError, match="no version directory holds a model.onnx"):
+    with pytest.raises(ModelRepositoryError, match=r"no version directory holds a model\.onnx"):
         load_model(tmp_path, "ctr")
     build_reference_model(tmp_path)
     (tmp_path / "ctr" / "config.toml").unlink()
-    with pytest.raises(ModelRepositoryError, match="config.toml: config file is missing"):
+    with pytest.raises(ModelRepositoryError, match=r"config\.toml: config file is missing"):
         load_model(tmp_path, "ctr")
     build_reference_model(tmp_path)
     (tmp_path / "ctr" / "1" / "model.onnx").write_bytes(b"not onnx")

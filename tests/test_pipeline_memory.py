@@ -39,7 +39,7 @@ def _requests(n: int, seed: int, timeout_ms: int = 30_000) -> list[ScoreRequest]
             for d in generate(n, seed=seed, candidates="uniform:1,300", timeout_ms=timeout_ms)]
 
 
-async def _serve(settings, reqs, timeout=30.0, roles=("features", "scorer", "aggregator")):
+async def _serve(settings, reqs, within_s=30.0, roles=("features", "scorer", "aggregator")):
     transport = transport_for(settings)
     await ensure_topics(settings, transport)
     stop = asyncio.Event()
@@ -48,7 +48,7 @@ async def _serve(settings, reqs, timeout=30.0, roles=("features", "scorer", "agg
     async with ResultWaiter(transport, settings.topics.results) as waiter:
         futs = {r.request_id: waiter.expect(r.request_id) for r in reqs}
         await send_requests(producer, reqs, settings.topics.requests)
-        await asyncio.wait(futs.values(), timeout=timeout)
+        await asyncio.wait(futs.values(), timeout=within_s)
         await asyncio.sleep(0.2)  # a duplicate answer would arrive by now
         unexpected = waiter.unexpected
     stop.set()

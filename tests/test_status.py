@@ -169,7 +169,7 @@ def consumer_groups_tool() -> list[str]:
     fetched next to them when an older cache lacks it)."""
     try:
         libs = ensure_kafka()
-    except Exception as e:  # noqa: BLE001 - no jars, no comparison; say why
+    except Exception as e:  # no jars, no comparison; say why
         pytest.skip(f"the Kafka jars are not available: {e}")
     classpath = [f"{libs}/*"]
     jar = f"kafka-tools-{KAFKA_VERSION}.jar"

@@ -82,7 +82,7 @@ async def test_a_fenced_producer_raises_fenced_from_every_operation():
 
     p = KafkaProducer("b:9092", KafkaOptions(), transactional_id="g.scorer.t.0")
     p._p = _FencedClient()
-    with pytest.raises(Fenced, match="g.scorer.t.0 fenced"):
+    with pytest.raises(Fenced, match=r"g\.scorer\.t\.0 fenced"):
         await p.commit_transaction()
     with pytest.raises(Fenced, match="Not in the middle of a transaction"):
         await p.send_offsets_to_transaction({TP("t", 0): 5}, "g")

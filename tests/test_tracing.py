@@ -413,5 +413,5 @@ async def test_an_unreachable_collector_neither_stops_answers_nor_holds_up_a_sto
 
 
 def test_an_endpoint_that_is_not_a_url_is_refused() -> None:
-    with pytest.raises(ConfigError, match="tracing.otlp_endpoint must be an http"):
+    with pytest.raises(ConfigError, match=r"tracing\.otlp_endpoint must be an http"):
         load_config(Settings, env={}, overrides=["tracing.otlp_endpoint=collector:4318"])

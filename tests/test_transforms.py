@@ -71,7 +71,7 @@ def test_numeric_transforms_and_defaults() -> None:
 
 
 def test_bad_sources_are_refused_at_configuration_time() -> None:
-    with pytest.raises(ValueError, match="user.X"):
+    with pytest.raises(ValueError, match=r"user\.X"):
         categorical("x", "ad_id", 0, 10)
     with pytest.raises(ValueError, match="transform"):
         numeric("x", "user.a", 0, transform="sqrt")

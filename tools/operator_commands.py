@@ -76,7 +76,7 @@ def value_json(value: bytes, content_type: bytes | None = None) -> dict[str, Any
             return {"raw": bytes_json(value)}
     try:
         return {"msgpack": tree_json(msgpack.unpackb(value, raw=False, strict_map_key=False))}
-    except Exception:  # noqa: BLE001 - not MessagePack: show it as it is
+    except Exception:  # not MessagePack: show it as it is
         return {"raw": bytes_json(value)}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -370,10 +371,8 @@ async def _watch(observer: Observer, bootstrap: str, interval_s: float,
             except (TimeoutError, KafkaError) as e:
                 await observer.close()  # reconnect on the next round
                 live.update(Text(_kafka_problem(bootstrap, e), style="red"), refresh=True)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
-            except TimeoutError:
-                pass
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],

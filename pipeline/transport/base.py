@@ -101,7 +101,7 @@ class Consumer(ABC):
     @abstractmethod
     async def committed(self, tp: TP) -> int | None: ...
 
-    def rejoin(self) -> None:
+    def rejoin(self) -> None:  # noqa: B027 - an optional hook: a no-op unless overridden
         """Rejoin the group soon (after a fenced producer): the group says again what this
         member owns, through the rebalance listener."""
 

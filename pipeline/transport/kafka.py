@@ -357,12 +357,10 @@ class KafkaTransport(Transport):
             existing = set(await admin.list_topics())
             missing = [n for n in names if n not in existing]
             if missing:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(
                         [NewTopic(n, num_partitions=partitions, replication_factor=replication)
                          for n in missing])
-                except TopicAlreadyExistsError:
-                    pass
             return missing
         finally:
             await admin.close()

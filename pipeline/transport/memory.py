@@ -8,6 +8,7 @@ Everything lives in one event loop; a broker is named by its URL (``memory://nam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import zlib
 from dataclasses import dataclass, field
 
@@ -86,10 +87,8 @@ class MemoryBroker:
 
     async def wait(self, timeout_s: float) -> None:
         changed = self._changed
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), timeout_s)
-        except TimeoutError:
-            pass
 
     def end_offset(self, tp: TP) -> int:
         return len(self.topics[tp.topic][tp.partition])

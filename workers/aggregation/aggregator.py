@@ -100,7 +100,7 @@ class Aggregator(DeadLettering):
             await slice_.check()
             try:
                 chunk = decode(rec.value, ScoreChunk, max_bytes=limit)
-            except Exception as e:  # noqa: BLE001 - that record's reason, for its dead letter
+            except Exception as e:  # that record's reason, for its dead letter
                 results.append(e)
                 continue
             results.append(self._take(rec, chunk, clock))

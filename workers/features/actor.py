@@ -129,7 +129,7 @@ class FeatureActor(DeadLettering):
             await slice_.check()
             try:
                 made = await self._decode(rec, now_ms)
-            except Exception as e:  # noqa: BLE001 - that record's reason, for its dead letter
+            except Exception as e:  # that record's reason, for its dead letter
                 results[i] = e
                 continue
             if isinstance(made, Outgoing):

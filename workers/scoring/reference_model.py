@@ -146,7 +146,7 @@ def build_model_proto(seed: int = 0, embedding_dim: int = 16) -> onnx.ModelProto
         final_bias=FINAL_BIAS,
         output="ctr",
     )
-    nodes += bottom_nodes + [concat] + top_nodes
+    nodes += [*bottom_nodes, concat, *top_nodes]
     inits += bottom_inits + top_inits
 
     graph = helper.make_graph(

@@ -383,7 +383,7 @@ def check_onnx_matches(config: ModelConfig, model_path: Path) -> None:
                 continue
             dtype, dims = _onnx_dtype(found[name]), _onnx_dims(found[name])
             if dtype != spec.dtype or len(dims) != len(spec.dims) or any(
-                want != -1 and got != -1 and want != got for want, got in zip(spec.dims, dims)
+                want != -1 and got != -1 and want != got for want, got in zip(spec.dims, dims, strict=True)
             ):
                 problems.append(
                     f"{model_path}: {kind} '{name}': config expects {expected}, graph has "

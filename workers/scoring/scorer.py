@@ -127,7 +127,7 @@ class ScoringWorker(DeadLettering):
             try:
                 chunk = decode(rec.value, FeatureChunk, max_bytes=limit)
                 self._check_shapes(chunk)
-            except Exception as e:  # noqa: BLE001 - that record's reason, for its dead letter
+            except Exception as e:  # that record's reason, for its dead letter
                 results[i] = e
                 continue
             if chunk.deadline_ms is not None and chunk.deadline_ms <= now_ms:

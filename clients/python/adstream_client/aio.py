@@ -193,7 +193,9 @@ class AsyncClient:
 
     # ---- scoring ---------------------------------------------------------------------------
 
-    async def score(self, request: Request, timeout: float | None = None, *,
+    # ASYNC109: ``timeout`` also sets the request's deadline on the wire, which a caller's
+    # asyncio.timeout() could not carry to the pipeline
+    async def score(self, request: Request, timeout: float | None = None, *,  # noqa: ASYNC109
                     trace_id: str | None = None) -> ScoreResult:
         """The ranked top-K for ``request`` (a ScoreRequest, or a dict in the JSON-lines form).
 
@@ -242,7 +244,8 @@ class AsyncClient:
                 self._idle.set()
         return _outcome(result)
 
-    async def score_many(self, requests: Iterable[Request], timeout: float | None = None, *,
+    async def score_many(self, requests: Iterable[Request],
+                         timeout: float | None = None, *,  # noqa: ASYNC109 - as score()
                          return_exceptions: bool = False) -> list[Any]:
         """Score all ``requests`` concurrently; results in the same order. With
         ``return_exceptions``, a failed request's place holds its error instead of raising

@@ -53,11 +53,11 @@ def cuda_available() -> tuple[bool, str]:
         import cupy
     except ImportError as exc:
         return False, f"CuPy is not installed ({exc}); install the 'gpu' extra"
-    except Exception as exc:  # noqa: BLE001 - a broken CUDA install raises anything
+    except Exception as exc:  # a broken CUDA install raises anything
         return False, f"CuPy failed to import: {type(exc).__name__}: {exc}"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # noqa: BLE001 - CUDARuntimeError and missing-library errors
+    except Exception as exc:  # CUDARuntimeError and missing-library errors
         return False, f"no usable CUDA driver/device: {type(exc).__name__}: {exc}"
     if count < 1:
         return False, "CUDA reports no GPU devices"

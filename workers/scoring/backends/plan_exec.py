@@ -112,7 +112,7 @@ def bind_views(
     """Creates every buffer as ``view(offset, shape, dtype)``, plus alias views and the
     ``"dense_f32"`` / ``"scores_f32"`` entry points (float32 input, flat float32 scores)."""
     offsets, _ = layout(specs, rows)
-    views = {s.name: view(off, s.shape(rows), s.dtype) for s, off in zip(specs, offsets)}
+    views = {s.name: view(off, s.shape(rows), s.dtype) for s, off in zip(specs, offsets, strict=True)}
     for alias, source in plan.aliases.items():
         views[alias] = views[source].reshape((rows, *plan.dims[alias]))
     views["dense_f32"] = views.get(DENSE_F32, views[plan.dense_input])
