@@ -157,7 +157,7 @@ DEADLINE = _opt(_int(0, INT64_MAX, "epoch milliseconds after which the request i
                                    "expired; the Kafka header deadline_ms wins over it"))
 
 
-def _candidates(as_json: bool) -> Schema:
+def _candidates(as_json: bool) -> tuple[Schema, Schema]:
     if as_json:
         return {
             "ad_id": json_array({"type": "integer"}, "ad ids (integers)", min_items=1),

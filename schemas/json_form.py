@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from schemas.candidates import Column, json_column
 from schemas.errors import SchemaError
-from schemas.messages import Column, ScoreRequest, json_column
+from schemas.messages import ScoreRequest
 
 INT_COLUMNS = frozenset({"ad_id", "advertiser_id", "campaign_id", "creative_id", "category",
                          "creative_format", "landing_domain"})
