@@ -31,6 +31,7 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict pipeline
 	$(BIN)/mypy --strict --follow-imports=silent tools
 	$(BIN)/mypy --strict --follow-imports=silent capacity
+	$(BIN)/mypy --strict --follow-imports=silent schemas
 
 $(KUSTOMIZE):
 	@test -x $(GO) || { echo "make: kustomize is built with Go (go install), and there is no go on PATH or at $(GO)" >&2; exit 1; }
