@@ -34,7 +34,6 @@ INT64_MAX = 2**63 - 1
 Scalar = str | int | float | bool
 Encoder = Callable[[Any], Any]  # a field's value -> its wire value
 Reader = Callable[[dict[str, Any], dict[str, Any]], Any]  # (the map, fields read so far) -> value
-T = TypeVar("T")
 
 
 # ---- field readers: each names the field it checks -------------------------------------------
@@ -298,21 +297,24 @@ class Plan:
 
 
 def _plan(cls: type[Any], framed: bool) -> Plan:
-    fields = [(f, f.metadata["wire"]) for f in dataclasses.fields(cls) if "wire" in f.metadata]
+    missing = [f.name for f in dataclasses.fields(cls) if "wire" not in f.metadata]
+    if missing:
+        raise TypeError(f"{cls.__name__}: declare {', '.join(missing)} with wire(codec, ...)")
+    fields = [(f, f.metadata["wire"]) for f in dataclasses.fields(cls)]
     framed_columns = {f.name: (c.dtype, c.ndim) for f, c in fields
                       if framed and isinstance(c, Array)}
     in_map = [(f, c) for f, c in fields if f.name not in framed_columns]
     by_name = {f.name: (f, c) for f, c in fields}
     order: dict[str, tuple[dataclasses.Field[Any], Codec]] = {}
 
-    def check_after(name: str) -> None:  # declaration order, a field after what it needs
+    def place(name: str) -> None:  # in declaration order, each after the field it needs
         f, c = by_name[name]
         if c.after is not None:
-            check_after(c.after)
+            place(c.after)
         order.setdefault(name, (f, c))
 
     for f, _ in fields:
-        check_after(f.name)
+        place(f.name)
     return Plan(
         to_map=_map_maker([(f.name, c.encoder()) for f, c in in_map]),
         to_json_map=_map_maker([(f.name, c.json_encoder()) for f, c in in_map]),
@@ -329,8 +331,8 @@ def _map_maker(entries: list[tuple[str, Encoder | None]]) -> Callable[[Any], dic
     env = {f"_enc{i}": enc for i, (_, enc) in enumerate(entries) if enc is not None}
     items = ", ".join(f"{name!r}: m.{name}" if enc is None else f"{name!r}: _enc{i}(m.{name})"
                       for i, (name, enc) in enumerate(entries))
-    made: Callable[[Any], dict[str, Any]] = eval(f"lambda m: {{{items}}}", env)
-    return made
+    to_map: Callable[[Any], dict[str, Any]] = eval(f"lambda m: {{{items}}}", env)
+    return to_map
 
 
 class WireMessage:
@@ -351,11 +353,12 @@ class WireMessage:
         return cls(**cls.WIRE.read(d))
 
 
-W = TypeVar("W", bound=type[WireMessage])
+MessageClass = TypeVar("MessageClass", bound=type[WireMessage])
 
 
-def wire_form(cls: W) -> W:
-    """Derive the wire form of the dataclass ``cls`` from its fields, once."""
+def wire_form(cls: MessageClass) -> MessageClass:
+    """Derive the wire form of the dataclass ``cls`` from its fields, once; every field
+    names its codec (a field left out would silently never travel)."""
     cls.WIRE = _plan(cls, cls.FRAMED)
     cls.COLUMNS = cls.WIRE.columns
     return cls
