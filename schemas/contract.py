@@ -23,11 +23,10 @@ from pipeline import headers as H
 from schemas import strings
 from schemas.columns import ALLOWED_DTYPES
 from schemas.encoding import JSON, MSGPACK
+from schemas.fields import INT64_MAX, MAX_ID_LEN
+from schemas.frames import FRAME_MAGIC
 from schemas.messages import (
-    FRAME_MAGIC,
-    INT64_MAX,
     MAJOR,
-    MAX_ID_LEN,
     MINOR,
     N_CHUNKS_MAX,
     PRIORITY_MAX,

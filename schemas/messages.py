@@ -21,8 +21,6 @@ from schemas.candidates import Column
 from schemas.encoding import is_json
 from schemas.errors import SchemaError
 from schemas.fields import (
-    INT64_MAX,
-    MAX_ID_LEN,
     Candidates,
     Int,
     OneOf,
@@ -36,8 +34,7 @@ from schemas.fields import (
     wire,
     wire_form,
 )
-
-__all__ = ["INT64_MAX", "MAX_ID_LEN", "Column", "Scalar"]  # and every name defined here
+from schemas.frames import FRAME_MAGIC, decode_frame, encode_frame
 
 MAJOR = 1
 MINOR = 1  # 1.1: FeatureChunk.priority
@@ -205,10 +202,10 @@ _T = TypeVar("_T")
 
 def encode(msg: Message) -> bytes:
     """Serialize a message with its schema name (chunks as frames, see :data:`FRAME_MAGIC`)."""
-    if isinstance(msg, (FeatureChunk, ScoreChunk)):
-        return _encode_frame(msg)
     d = msg.to_wire()
     d["schema"] = schema_name(msg.TYPE)
+    if msg.FRAMED:
+        return encode_frame(d, msg)
     return msgpack.packb(d, use_bin_type=True)  # type: ignore[no-any-return]
 
 
@@ -218,75 +215,6 @@ def encode_json(msg: ScoreRequest | ScoreResult) -> bytes:
     d = msg.WIRE.to_json_map(msg)
     d["schema"] = schema_name(msg.TYPE)
     return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-FRAME_MAGIC = b"\xc1ADS"
-"""FeatureChunk and ScoreChunk travel only between adstream's own stages, as frames:
-``FRAME_MAGIC``, a 4-byte little-endian length, a MessagePack map (the fields and
-``columns``: ``[dtype, shape]`` per column of ``COLUMNS``), then the columns' bytes back to
-back. The reader takes every column as a view on the message (zero copy: msgpack's bin
-would be copied out), and 0xc1 never starts a MessagePack value, so a frame is never
-mistaken for one."""
-
-
-def _encode_frame(msg: FeatureChunk | ScoreChunk) -> bytes:
-    d = msg.to_wire()
-    d["schema"] = schema_name(msg.TYPE)
-    layout = []
-    buffers = []
-    for name, (dtype, _) in msg.COLUMNS.items():
-        a = getattr(msg, name)
-        if a.dtype.str != dtype or not a.flags.c_contiguous:
-            a = np.ascontiguousarray(a, dtype=dtype)
-        layout.append([dtype, list(a.shape)])
-        buffers.append(a.data if a.size else b"")
-    d["columns"] = layout
-    head = msgpack.packb(d, use_bin_type=True)
-    return b"".join((FRAME_MAGIC, len(head).to_bytes(4, "little"), head, *buffers))
-
-
-def _decode_frame(data: bytes, cls: type[M]) -> dict[str, Any]:
-    """The fields of a frame, its columns as arrays viewing ``data``."""
-    if data[:4] != FRAME_MAGIC or len(data) < 8:
-        raise SchemaError("", f"not an adstream {cls.TYPE} frame (it starts with "
-                          f"{bytes(data[:4])!r}, not {FRAME_MAGIC!r})")
-    head_len = int.from_bytes(data[4:8], "little")
-    if 8 + head_len > len(data):
-        raise SchemaError("", f"frame header of {head_len} bytes runs past the message")
-    try:
-        d = msgpack.unpackb(memoryview(data)[8:8 + head_len], raw=False)
-    except Exception as e:  # noqa: BLE001 - msgpack raises many unrelated types
-        raise SchemaError("", f"frame header is not valid MessagePack ({e})") from None
-    if type(d) is not dict:
-        raise SchemaError("", f"expected a map in the frame header, got {type(d).__name__}")
-    columns = cls.COLUMNS
-    layout = d.get("columns")
-    if type(layout) is not list or len(layout) != len(columns):
-        raise SchemaError("columns", f"expected {len(columns)} [dtype, shape] entries for "
-                          f"{', '.join(columns)}")
-    pos = 8 + head_len
-    for (name, (dtype, ndim)), entry in zip(columns.items(), layout, strict=True):
-        if type(entry) is not list or len(entry) != 2 or entry[0] != dtype:
-            raise SchemaError(name, f"expected [{dtype!r}, shape], got {entry!r}")
-        shape = entry[1]
-        if type(shape) is not list or len(shape) != ndim or not all(
-                type(x) is int and x >= 0 for x in shape):
-            raise SchemaError(name, f"expected a shape of {ndim} non-negative ints, got "
-                              f"{shape!r}")
-        count = shape[0] if ndim == 1 else shape[0] * shape[1]
-        dt = _FRAME_DTYPES[dtype]
-        end = pos + count * dt.itemsize
-        if end > len(data):
-            raise SchemaError(name, f"shape {shape} runs past the end of the message")
-        arr = np.frombuffer(data, dt, count, pos)
-        d[name] = arr if ndim == 1 else arr.reshape(shape)
-        pos = end
-    if pos != len(data):
-        raise SchemaError("columns", f"{len(data) - pos} bytes after the last column")
-    return d
-
-
-_FRAME_DTYPES: dict[str, np.dtype[Any]] = {"<i8": np.dtype("<i8"), "<f4": np.dtype("<f4")}
 
 
 def first_nonfinite_row(dense: np.ndarray) -> int | None:
@@ -350,8 +278,8 @@ def decode(data: bytes, cls: type[M], *, max_bytes: int = DEFAULT_MAX_MESSAGE_BY
         raise SchemaError("", f"message of {len(data)} bytes is over the {max_bytes}-byte limit")
     if is_json(content_type):
         return _decode_json(data, cls)
-    if cls is FeatureChunk or cls is ScoreChunk:
-        d = _decode_frame(data, cls)
+    if cls.FRAMED:
+        d = decode_frame(data, cls)
         try:
             check_schema(d.get("schema"), cls.TYPE)
             return cls.from_wire(d)

@@ -8,9 +8,9 @@ from typing import NamedTuple
 import msgpack
 
 from schemas.encoding import is_json
+from schemas.fields import MAX_ID_LEN
 from schemas.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    MAX_ID_LEN,
     STATUSES,
     ScoreResult,
     check_schema,
