@@ -295,7 +295,7 @@ def load_config(
     return settings
 
 
-def amended(settings: T, **tables: Mapping[str, Any]) -> T:
+def amended(settings: T, /, **tables: Mapping[str, Any]) -> T:
     """A copy of the (frozen) ``settings`` with some values of some tables replaced:
     ``amended(s, kafka={"bootstrap": "memory://x"}, topics={"partitions": 2})``."""
     current: Any = settings
