@@ -34,6 +34,7 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict --follow-imports=silent capacity
 	$(BIN)/mypy --strict --follow-imports=silent loadtest
 	$(BIN)/mypy --strict --follow-imports=silent clients/python/adstream_client
+	$(BIN)/mypy --strict --follow-imports=silent schemas
 
 $(KUSTOMIZE):
 	@test -x $(GO) || { echo "make: kustomize is built with Go (go install), and there is no go on PATH or at $(GO)" >&2; exit 1; }

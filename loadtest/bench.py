@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import datetime
 import math
 import os
@@ -46,6 +45,7 @@ from loadtest.run import RunOptions, measure, replay_target, run_document
 from loadtest.sweep import SweepPlan, steps_table, sweep
 from loadtest.target import ensure_model, open_target
 from loadtest.traffic import Traffic
+from pipeline.config import amended
 from workers.roles import topology
 from workers.settings import Settings
 
@@ -369,14 +369,11 @@ def _local_pid(bootstrap: str) -> int | None:
 
 def bench_settings(settings: Settings, plan: BenchPlan, bootstrap: str) -> Settings:
     """``settings`` on fresh topics and groups of their own (nothing left from earlier runs)."""
-    s = copy.deepcopy(settings)
     prefix = f"bench-{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
-    s.kafka.bootstrap = bootstrap
-    s.kafka.group_prefix = prefix
-    for name in ("requests", "features", "scores", "results", "dlq", "changelog"):
-        setattr(s.topics, name, f"{prefix}.{name}")
-    s.topics.partitions = plan.partitions
-    return s
+    topics: dict[str, object] = {name: f"{prefix}.{name}" for name in
+                                 ("requests", "features", "scores", "results", "dlq", "changelog")}
+    return amended(settings, kafka={"bootstrap": bootstrap, "group_prefix": prefix},
+                   topics={**topics, "partitions": plan.partitions})
 
 
 def make_traffic(plan: BenchPlan, path: Path) -> Traffic:

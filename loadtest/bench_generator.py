@@ -30,6 +30,7 @@ from loadtest.processes import CpuMeter
 from loadtest.run import RunOptions, replay_target, run_document, short_gc_pauses
 from loadtest.target import Target
 from loadtest.traffic import Traffic
+from pipeline.config import amended
 from workers.settings import Settings
 
 GENERATOR = "load generator"
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     settings = Settings()
     if args.bootstrap:
-        settings.kafka.bootstrap = args.bootstrap
+        settings = amended(settings, kafka={"bootstrap": args.bootstrap})
     short_gc_pauses()
     try:
         doc = asyncio.run(measure_generator(settings, args))

@@ -31,7 +31,7 @@ import numpy as np
 from loadtest.random_rows import random_rows
 from pipeline.actor import Actor
 from pipeline.batcher import DynamicBatcher
-from pipeline.config import ActorSection
+from pipeline.config import ActorSection, amended
 from pipeline.logs import configure
 from pipeline.runner import tune_gc
 from pipeline.transport import Outgoing, Transport
@@ -71,12 +71,13 @@ def _options(args: argparse.Namespace) -> dict[str, object]:
 
 async def _pipeline(spec: ModelSpec, args: argparse.Namespace, dense: np.ndarray,
                     sparse: np.ndarray) -> tuple[float, DynamicBatcher]:
-    s = Settings()
-    s.kafka.bootstrap = args.bootstrap or f"memory://bench-scorer-{os.getpid()}"
-    s.actor.max_message_bytes = 64 * 1024 * 1024
     run_id = f"{os.getpid()}-{int(time.time())}"
-    for name in ("features", "scores", "dlq"):  # fresh topics: nothing left from a run before
-        setattr(s.topics, name, f"bench-scorer.{name}.{run_id}")
+    s = amended(Settings(),
+                kafka={"bootstrap": args.bootstrap or f"memory://bench-scorer-{os.getpid()}"},
+                actor={"max_message_bytes": 64 * 1024 * 1024},
+                # fresh topics: nothing left from a run before
+                topics={name: f"bench-scorer.{name}.{run_id}"
+                        for name in ("features", "scores", "dlq")})
     transport = transport_for(s)
     topics = [s.topics.features, s.topics.scores, s.topics.dlq]
     await transport.create_topics(topics, args.partitions)

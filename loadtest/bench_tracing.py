@@ -27,6 +27,7 @@ from pathlib import Path
 from loadtest.environment import machine
 from loadtest.generate import generate
 from pipeline.actor import Handler, Held
+from pipeline.config import amended
 from pipeline.headers import now_ms
 from pipeline.logs import configure
 from pipeline.runner import tune_gc
@@ -35,7 +36,7 @@ from pipeline.transport import Outgoing, open_transport
 from pipeline.transport.base import Record
 from schemas.json_form import request_from_json
 from schemas.messages import encode
-from workers.roles import THREE_HOPS, build_handler
+from workers.roles import build_handler
 from workers.scoring.reference_model import build_reference_model
 from workers.settings import Settings
 
@@ -118,19 +119,20 @@ Times = dict[str, list[tuple[int, int]]]
 
 
 async def _bench(args: argparse.Namespace, repo: Path) -> tuple[Times, dict[str, int]]:
-    s = Settings()
-    s.kafka.bootstrap = "memory://bench-tracing"
-    s.scorer.model_repo = str(repo)
-    s.scorer.max_wait_ms = 0.0  # a batch runs at once: the step times the work, not a wait
-    s.log.level = "warning"
+    s = amended(Settings(), kafka={"bootstrap": "memory://bench-tracing"}, log={"level": "warning"},
+                # a batch runs at once: the step times the work, not a wait
+                scorer={"model_repo": str(repo), "max_wait_ms": 0.0})
     transport = open_transport(s.kafka.bootstrap)
     now = now_ms()
     base = [request_from_json(d, now) for d in
             generate(args.requests, seed=1, candidates=args.candidates, timeout_ms=3_600_000)]
     tracings = {v: _tracing(v) for v in VARIANTS}
-    # one set of handlers (one model session) for all variants, so that only the tracer
-    # and the sampling ratio differ between them
-    handlers = [build_handler(r, s, transport) for r in THREE_HOPS]
+    # one scorer (one model session) and one aggregator for all variants, and a features
+    # role for each sampling ratio, so that only the tracer and the ratio differ between them
+    features = {ratio: build_handler("features", amended(s, tracing={"sample_ratio": ratio}),
+                                     transport) for ratio in (0.0, 1.0)}
+    shared = [build_handler(r, s, transport) for r in ("scorer", "aggregator")]
+    handlers = [*features.values(), *shared]
     times: Times = {v: [] for v in VARIANTS}
 
     async def send(msgs: list[Outgoing], source: object = None) -> None:
@@ -143,15 +145,14 @@ async def _bench(args: argparse.Namespace, repo: Path) -> tuple[Times, dict[str,
             for step in range(args.steps + 1):  # step 0 warms every variant up
                 order = VARIANTS[step % 4:] + VARIANTS[:step % 4]
                 for v in order:
-                    for h in handlers:
+                    roles = [features[1.0 if v == "on, all sampled" else 0.0], *shared]
+                    for h in roles:
                         h.tracer = tracings[v][0].tracer
-                    s.tracing.sample_ratio = 1.0 if v == "on, all sampled" else 0.0
                     reqs = [dataclasses.replace(r, request_id=f"{r.request_id}-{step}-{v}")
                             for r in base]  # the aggregator answers each id once
                     msgs = [Outgoing(s.topics.requests, encode(r), key=r.user_id.encode())
                             for r in reqs]
-                    wall, cpu, answers = await _step(handlers,
-                                                     _records(msgs, s.topics.requests), s)
+                    wall, cpu, answers = await _step(roles, _records(msgs, s.topics.requests), s)
                     if answers != len(reqs):
                         raise RuntimeError(f"{v}: {answers} answers for {len(reqs)} requests")
                     if step:

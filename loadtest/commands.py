@@ -58,6 +58,7 @@ def _fail(command: str, message: str) -> int:
 
 def _settings(args: argparse.Namespace) -> Any:
     from pipeline.cli import settings_from_args
+    from pipeline.config import amended
     from workers.settings import Settings
 
     args.in_process = getattr(args, "with_workers", False)  # roles and replay in one process
@@ -65,9 +66,9 @@ def _settings(args: argparse.Namespace) -> Any:
         args.log_level = "warning"  # the roles' info lines would drown the progress line
     s = settings_from_args(Settings, args)
     if getattr(args, "topic", None):
-        s.topics.requests = args.topic
+        s = amended(s, topics={"requests": args.topic})
     if getattr(args, "results_topic", None):
-        s.topics.results = args.results_topic
+        s = amended(s, topics={"results": args.results_topic})
     return s
 
 

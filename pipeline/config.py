@@ -3,7 +3,8 @@
 Settings are nested dataclasses (one per TOML table). ``ADSTREAM_<TABLE>_<KEY>`` in the
 environment and ``--set table.key=value`` on the command line override the file. Unknown
 tables or keys, values of the wrong type and values outside what a setting allows (its
-:class:`~pipeline.setting_rules.Rule`) are errors that name where they came from.
+:class:`~pipeline.setting_rules.Rule`) are errors that name where they came from. Loaded
+settings are frozen: code that needs other values makes a copy (:func:`amended`).
 A table-valued setting (``[kafka.consumer_options]``) takes ``--set
 kafka.consumer_options.KEY=VALUE`` and a JSON object in the environment.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import contextlib
 import json
 import os
 import re
@@ -66,7 +68,7 @@ def _client_options(kind: str) -> Any:
     return check
 
 
-@dataclass
+@dataclass(frozen=True)
 class KafkaSection:
     """Broker connection, security and client tuning (names follow Kafka's client config)."""
 
@@ -118,7 +120,7 @@ class KafkaSection:
         return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class ActorSection:
     """The actor loop: in-flight budget, commits, drain bounds."""
 
@@ -138,7 +140,7 @@ class ActorSection:
         return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class LogSection:
     format: str = setting("auto", choices=("auto", "json", "console"))  # auto: console on a terminal, else json
     level: str = setting("info", choices=LOG_LEVELS)  # the lowest level written
@@ -179,10 +181,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     elif getattr(typ, "__origin__", None) is dict:
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):  # not JSON: refused below as not a table
                 value = json.loads(value)
-            except ValueError:
-                pass
         if isinstance(value, dict):
             return dict(value)
         raise ConfigError(f"{where}: expected a table (in the environment: a JSON object), "
@@ -210,11 +210,13 @@ def _fields(section_cls: type[Any]) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
 
 
-def _apply(settings: Any, table: str, key: str, value: Any, where: str) -> None:
-    sections = _sections(type(settings))
+def _apply(chosen: dict[str, dict[str, Any]], defaults: Any, table: str, key: str, value: Any,
+           where: str) -> None:
+    """Check ``table.key = value`` and note it in ``chosen`` (table -> key -> value)."""
+    sections = _sections(type(defaults))
     if table not in sections:
         raise ConfigError(f"{where}: unknown table [{table}]; known: {', '.join(sections)}")
-    section = getattr(settings, table)
+    section = getattr(defaults, table)
     fields = _fields(type(section))
     key, dot, entry = key.partition(".")
     if key not in fields:
@@ -224,14 +226,14 @@ def _apply(settings: Any, table: str, key: str, value: Any, where: str) -> None:
         if getattr(fields[key], "__origin__", None) is not dict:
             raise ConfigError(f"{where}: {table}.{key} is not a table; "
                               f"use {table}.{key}=VALUE")
-        value = {**getattr(section, key), entry: _scalar(value) if isinstance(value, str)
-                 else value}
+        so_far = chosen.get(table, {}).get(key, getattr(section, key))
+        value = {**so_far, entry: _scalar(value) if isinstance(value, str) else value}
     else:
         value = _coerce(value, fields[key], where)
     problem = rule_of(type(section), key).problem(value)
     if problem:
         raise ConfigError(f"{where}: {table}.{key} {problem}, not {_shown(value)}")
-    setattr(section, key, value)
+    chosen.setdefault(table, {})[key] = value
 
 
 def _shown(value: Any) -> str:
@@ -250,8 +252,10 @@ def load_config(
 
     ``only_known_tables`` skips (instead of rejecting) tables and ``--set`` overrides that
     ``cls`` does not have: a tool that reads a subset of a shared config file uses it.
-    Each section's ``check()`` (rules across its settings) runs once all are applied."""
-    settings = cls()
+    Each section's ``check()`` (rules across its settings) runs once all are applied.
+    The settings come back frozen (see :func:`amended`)."""
+    defaults: Any = cls()
+    chosen: dict[str, dict[str, Any]] = {}  # table -> key -> value, as they are applied
     known = set(_sections(cls))
     if path is not None:
         try:
@@ -266,13 +270,13 @@ def load_config(
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: {table!r} must be a table ([{table}])")
             for key, value in values.items():
-                _apply(settings, table, key, value, f"{path}: {table}.{key}")
+                _apply(chosen, defaults, table, key, value, f"{path}: {table}.{key}")
     env = os.environ if env is None else env
     for table, section_cls in _sections(cls).items():
         for key in _fields(section_cls):
             var = f"{ENV_PREFIX}{table}_{key}".upper()
             if var in env:
-                _apply(settings, table, key, env[var], f"environment {var}")
+                _apply(chosen, defaults, table, key, env[var], f"environment {var}")
     for item in overrides:
         name, sep, value = item.partition("=")
         table, dot, key = name.strip().partition(".")
@@ -280,13 +284,24 @@ def load_config(
             raise ConfigError(f"--set {item!r}: expected TABLE.KEY=VALUE")
         if only_known_tables and table not in known:
             continue
-        _apply(settings, table, key, value.strip(), f"--set {item}")
+        _apply(chosen, defaults, table, key, value.strip(), f"--set {item}")
+    settings: T = amended(defaults, **chosen)
     for table in _sections(cls):
         check = getattr(getattr(settings, table), "check", None)
         problem = check() if callable(check) else None
         if problem:
             raise ConfigError(f"settings: {problem}")
     return settings
+
+
+def amended(settings: T, /, **tables: Mapping[str, Any]) -> T:
+    """A copy of the (frozen) ``settings`` with some values of some tables replaced:
+    ``amended(s, kafka={"bootstrap": "memory://x"}, topics={"partitions": 2})``."""
+    current: Any = settings
+    changed = {table: dataclasses.replace(getattr(current, table), **values)
+               for table, values in tables.items()}
+    copy: T = dataclasses.replace(current, **changed)
+    return copy
 
 
 def _toml_value(value: Any) -> str:

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("adstream.metrics")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MetricsSection:
     """The metrics/health HTTP endpoint of each worker process."""
 

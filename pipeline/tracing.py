@@ -38,7 +38,7 @@ def _endpoint_ok(value: str) -> str | None:
     return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class TracingSection:
     """OpenTelemetry tracing: off unless an OTLP endpoint is set."""
 

@@ -23,11 +23,10 @@ from pipeline import headers as H
 from schemas import strings
 from schemas.columns import ALLOWED_DTYPES
 from schemas.encoding import JSON, MSGPACK
+from schemas.fields import INT64_MAX, MAX_ID_LEN
+from schemas.frames import FRAME_MAGIC
 from schemas.messages import (
-    FRAME_MAGIC,
-    INT64_MAX,
     MAJOR,
-    MAX_ID_LEN,
     MINOR,
     N_CHUNKS_MAX,
     PRIORITY_MAX,
@@ -157,7 +156,7 @@ DEADLINE = _opt(_int(0, INT64_MAX, "epoch milliseconds after which the request i
                                    "expired; the Kafka header deadline_ms wins over it"))
 
 
-def _candidates(as_json: bool) -> Schema:
+def _candidates(as_json: bool) -> tuple[Schema, Schema]:
     if as_json:
         return {
             "ad_id": json_array({"type": "integer"}, "ad ids (integers)", min_items=1),

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from schemas.candidates import Column, json_column
 from schemas.errors import SchemaError
-from schemas.messages import Column, ScoreRequest, json_column
+from schemas.messages import ScoreRequest
 
 INT_COLUMNS = frozenset({"ad_id", "advertiser_id", "campaign_id", "creative_id", "category",
                          "creative_format", "landing_domain"})
@@ -26,7 +27,7 @@ def _column(name: str, values: list[Any]) -> Column:
                    if not isinstance(v, (int, float)) or isinstance(v, bool))
         raise SchemaError(f"candidates.{name}[{bad}]",
                           f"expected a number, got {values[bad]!r}")
-    if name in INT_COLUMNS or all(isinstance(v, int) for v in values) and name != "bid":
+    if name in INT_COLUMNS or (all(isinstance(v, int) for v in values) and name != "bid"):
         if not all(isinstance(v, int) or float(v).is_integer() for v in values):
             raise SchemaError(f"candidates.{name}", "expected integers")
         return np.asarray(values, dtype=np.int64)

@@ -8,9 +8,9 @@ from typing import NamedTuple
 import msgpack
 
 from schemas.encoding import is_json
+from schemas.fields import MAX_ID_LEN
 from schemas.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    MAX_ID_LEN,
     STATUSES,
     ScoreResult,
     check_schema,
@@ -37,7 +37,7 @@ def peek_result(data: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
              else msgpack.unpackb(data, raw=False, strict_map_key=False))
         check_schema(d.get("schema"), ScoreResult.TYPE)
         rid, status, n = d.get("request_id"), d.get("status"), d.get("n_scored", 0)
-    except Exception:  # noqa: BLE001 - anything wrong: the full decode explains it
+    except Exception:  # anything wrong: the full decode explains it
         return None
     if (not isinstance(rid, str) or not rid or len(rid) > MAX_ID_LEN
             or status not in STATUSES or type(n) is not int or n < 0):

@@ -120,7 +120,7 @@ def check(col: StringColumn, field: str) -> None:
         raise SchemaError(f"{field}[{i}]", f"{int(lens[i])} bytes; a string value is at most "
                                            f"{MAX_VALUE_BYTES} bytes")
     try:
-        text, _ = codecs.utf_8_decode(data, "strict", True)
+        text, _ = codecs.utf_8_decode(data.data, "strict", True)
     except UnicodeDecodeError as e:
         i = int(np.searchsorted(off, e.start, side="right")) - 1
         raise SchemaError(f"{field}[{i}]", "not valid UTF-8") from None

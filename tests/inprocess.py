@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import amended
 from workers.roles import THREE_HOPS, ensure_topics, run_roles, transport_for
 from workers.settings import Settings
 
@@ -66,20 +67,13 @@ class RolesThread:
 
 def kafka_settings(bootstrap: str, model_repo: Path) -> Settings:
     """Settings with topics and groups of their own on ``bootstrap``."""
-    s = Settings()
     prefix = f"ip{os.getpid()}x{next(_ids)}x{int(time.time())}"
-    s.kafka.bootstrap = bootstrap
-    s.kafka.group_prefix = prefix
-    t = s.topics
-    t.requests, t.features, t.scores = f"{prefix}.requests", f"{prefix}.features", \
-        f"{prefix}.scores"
-    t.results, t.dlq, t.changelog = f"{prefix}.results", f"{prefix}.dlq", f"{prefix}.changelog"
-    t.partitions = 4
-    s.scorer.model_repo = str(model_repo)
-    s.actor.commit_interval_ms = 100
-    s.actor.drain_timeout_s = 5.0
-    s.log.level = "warning"
-    return s
+    topics = {name: f"{prefix}.{name}"
+              for name in ("requests", "features", "scores", "results", "dlq", "changelog")}
+    return amended(Settings(), kafka={"bootstrap": bootstrap, "group_prefix": prefix},
+                   topics={**topics, "partitions": 4}, scorer={"model_repo": str(model_repo)},
+                   actor={"commit_interval_ms": 100, "drain_timeout_s": 5.0},
+                   log={"level": "warning"})
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import pytest
 from helpers import DirectScorer, assert_same_answer
 
 from loadtest.generate import generate
+from pipeline.config import amended
 from pipeline.metrics import Metrics
 from pipeline.transport.memory import MemoryBroker
 from schemas import ScoreRequest
@@ -66,13 +67,10 @@ async def _serve(s: Settings, reqs: list[ScoreRequest], roles: tuple[str, ...],
 
 
 def _settings(repo: Path) -> tuple[Settings, str]:
-    s = Settings()
     name = f"ab{next(_names)}"
-    s.kafka.bootstrap = f"memory://{name}"
-    s.scorer.model_repo = str(repo)
-    s.features.chunk_rows = 64
-    s.topics.partitions = 2
-    return s, name
+    return amended(Settings(), kafka={"bootstrap": f"memory://{name}"},
+                   scorer={"model_repo": str(repo)}, features={"chunk_rows": 64},
+                   topics={"partitions": 2}), name
 
 
 def _requests(n: int, seed: int) -> list[ScoreRequest]:
@@ -85,7 +83,7 @@ def _requests(n: int, seed: int) -> list[ScoreRequest]:
 async def test_split_users_are_scored_by_their_version(two_versions: Path,
                                                        roles: tuple[str, ...]) -> None:
     s, name = _settings(two_versions)
-    s.scorer.ab_version, s.scorer.ab_fraction = 2, 0.4
+    s = amended(s, scorer={"ab_version": 2, "ab_fraction": 0.4})
     reqs = _requests(80, seed=31)
     try:
         results, _ = await _serve(s, reqs, roles)
@@ -107,7 +105,7 @@ async def test_a_shadow_version_reports_its_difference_and_changes_no_result(
         two_versions: Path) -> None:
     reqs = _requests(60, seed=32)
     s, name = _settings(two_versions)
-    s.scorer.shadow_version, s.scorer.shadow_every = 2, 1
+    s = amended(s, scorer={"shadow_version": 2, "shadow_every": 1})
     metrics = Metrics()
     try:
         results, actors = await _serve(s, reqs, FUSED, metrics)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.actor import Held
+from pipeline.config import amended
 from pipeline.transport.base import TP, Record
 from schemas.messages import ScoreChunk, encode
 from workers.aggregation.aggregator import Aggregator
@@ -34,9 +35,7 @@ def _answers(results: list) -> list:
 
 
 def _settings(delivery: str) -> Settings:
-    s = Settings()
-    s.actor.delivery = delivery
-    return s
+    return amended(Settings(), actor={"delivery": delivery})
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])

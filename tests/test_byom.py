@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from loadtest.generate import generate
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, amended
 from pipeline.transport.memory import MemoryBroker
 from schemas.json_form import request_from_json
 from workers.aggregation.ranking import rank
@@ -209,12 +209,10 @@ def test_version_policy_picks_what_is_served(tmp_path: Path) -> None:
 async def test_a_peer_model_served_through_the_scorer_scores_like_onnxruntime(
         tmp_path: Path) -> None:
     path = write_model(tmp_path, "peer", peer_model(), PEER_CONFIG)
-    s = Settings()
     name = f"byom{next(_names)}"
-    s.kafka.bootstrap = f"memory://{name}"
-    s.scorer.model_repo, s.scorer.model = str(tmp_path), "peer"
-    s.features.chunk_rows = 64
-    s.topics.partitions = 2
+    s = amended(Settings(), kafka={"bootstrap": f"memory://{name}"},
+                scorer={"model_repo": str(tmp_path), "model": "peer"},
+                features={"chunk_rows": 64}, topics={"partitions": 2})
     now = int(time.time() * 1000)
     reqs = [request_from_json(d, now)
             for d in generate(60, seed=3, candidates="uniform:1,200", timeout_ms=30_000)]

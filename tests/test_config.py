@@ -1,9 +1,11 @@
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 
-from pipeline.config import ConfigError, load_config, reference
+from pipeline.config import ConfigError, amended, load_config, reference
+from tools.status import StatusSettings
 from workers.settings import Settings
 
 
@@ -15,6 +17,28 @@ def test_file_then_environment_then_flags(tmp_path) -> None:
     assert s.kafka.bootstrap == "env:2"
     assert s.kafka.linger_ms == 9 and s.topics.partitions == 3
     assert s.scorer.max_wait_ms == 3.0
+
+
+def test_loaded_settings_are_frozen_and_amended_makes_a_changed_copy(tmp_path) -> None:
+    f = tmp_path / "a.toml"
+    f.write_text('[kafka]\nbootstrap = "file:1"\n[kafka.consumer_options]\nmax_poll_records = 7\n')
+    s = load_config(Settings, f, env={}, overrides=["kafka.consumer_options.fetch_min_bytes=2"])
+    assert s.kafka.consumer_options == {"max_poll_records": 7, "fetch_min_bytes": 2}
+    for table, key, value in [("kafka", "bootstrap", "other:2"), ("topics", "partitions", 9),
+                              ("scorer", "model_repo", "elsewhere"), ("metrics", "port", 1),
+                              ("tracing", "sample_ratio", 1.0), ("log", "level", "debug")]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(getattr(s, table), key, value)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.kafka = s.kafka  # type: ignore[misc]
+    status = load_config(StatusSettings, env={"ADSTREAM_KAFKA_BOOTSTRAP": "env:3"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        status.kafka.bootstrap = "x"  # type: ignore[misc]
+    changed = amended(s, kafka={"bootstrap": "other:2"}, topics={"partitions": 9})
+    assert (changed.kafka.bootstrap, changed.topics.partitions) == ("other:2", 9)
+    assert changed.kafka.consumer_options == s.kafka.consumer_options
+    assert (s.kafka.bootstrap, s.topics.partitions) == ("file:1", 8)  # the original unchanged
+    assert changed.scorer is s.scorer  # tables not named are shared, not copied
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from helpers import DirectScorer, assert_same_answer
 from inprocess import kafka_settings
 
 from loadtest.generate import generate
+from pipeline.config import amended
 from pipeline.metrics import Metrics
 from pipeline.transport.memory import MemoryBroker
 from schemas import ScoreRequest
@@ -141,12 +142,10 @@ def swap_repos(tmp_path: Path) -> tuple[Path, Path]:
 async def test_versions_swap_in_and_roll_back_on_the_memory_broker(
         swap_repos: tuple[Path, Path]) -> None:
     repo, ref = swap_repos
-    s = Settings()
     name = f"swap{next(_names)}"
-    s.kafka.bootstrap = f"memory://{name}"
-    s.scorer.model_repo, s.scorer.poll_s = str(repo), 0.2
-    s.features.chunk_rows = 32
-    s.topics.partitions = 2
+    s = amended(Settings(), kafka={"bootstrap": f"memory://{name}"},
+                scorer={"model_repo": str(repo), "poll_s": 0.2}, features={"chunk_rows": 32},
+                topics={"partitions": 2})
     try:
         replay = await _replay(s, repo, rate=40, timeout_ms=5000, seconds=(1.5, 3.0, 2.5))
     finally:
@@ -159,8 +158,7 @@ async def test_versions_swap_in_and_roll_back_on_the_memory_broker(
 
 async def test_load_unload_and_policies(swap_repos: tuple[Path, Path]) -> None:
     repo, _ = swap_repos
-    s = Settings()
-    s.scorer.model_repo = str(repo)
+    s = amended(Settings(), scorer={"model_repo": str(repo)})
     spec = load_model(repo, "ctr")
     metrics = Metrics()
     models = ModelVersions(repo, spec, lambda sp: scoring_version(s, sp, metrics))
@@ -198,9 +196,8 @@ async def test_load_unload_and_policies(swap_repos: tuple[Path, Path]) -> None:
 async def test_hot_swap_on_kafka_keeps_every_request_ok_within_its_deadline(
         kafka_bootstrap: str, swap_repos: tuple[Path, Path]) -> None:
     repo, ref = swap_repos
-    s = kafka_settings(kafka_bootstrap, repo)
-    s.scorer.poll_s = 0.25
-    s.features.chunk_rows = 32
+    s = amended(kafka_settings(kafka_bootstrap, repo), scorer={"poll_s": 0.25},
+                features={"chunk_rows": 32})
     timeout_ms = 4000
     replay = await _replay(s, repo, rate=40, timeout_ms=timeout_ms, seconds=(4.0, 3.0, 3.0))
     late = [x for x in replay.sent if not x.future.done()
@@ -227,16 +224,14 @@ async def test_model_load_and_unload_commands_drive_a_running_scorer(
 
     repo, _ = swap_repos
     build_reference_model(repo, version=2, seed=1)
-    s = Settings()
     name = f"admin{next(_names)}"
-    s.kafka.bootstrap = f"memory://{name}"
     (repo / "ctr" / "config.toml").write_text(
         (repo / "ctr" / "config.toml").read_text() + "\n[version_policy]\nspecific = [1]\n")
-    s.scorer.model_repo = str(repo)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    s.metrics.port, s.metrics.host = port, "127.0.0.1"
+    s = amended(Settings(), kafka={"bootstrap": f"memory://{name}"},
+                scorer={"model_repo": str(repo)}, metrics={"port": port, "host": "127.0.0.1"})
     url = f"http://127.0.0.1:{port}"
     transport = transport_for(s)
     await ensure_topics(s, transport)

@@ -19,6 +19,7 @@ from loadtest.record import record
 from loadtest.replay import Measurement, replay
 from loadtest.system import TransportSystem
 from loadtest.traffic import Traffic
+from pipeline.config import amended
 from pipeline.transport import open_transport
 from workers.settings import Settings
 
@@ -38,11 +39,7 @@ def stack(kafka_bootstrap, model_repo, tmp_path_factory):
 
 
 def _settings(stack: Stack) -> Settings:
-    settings = Settings()
-    settings.kafka.bootstrap = stack.bootstrap
-    for name, topic in stack.topics.items():
-        setattr(settings.topics, name, topic)
-    return settings
+    return amended(Settings(), kafka={"bootstrap": stack.bootstrap}, topics=stack.topics)
 
 
 def test_replay_of_generated_traffic_through_worker_processes_writes_the_report(

@@ -18,6 +18,7 @@ from loadtest.run import RunOptions, describe, measure
 from loadtest.system import TransportSystem
 from loadtest.target import TargetError, open_target
 from loadtest.traffic import Traffic
+from pipeline.config import amended
 from pipeline.transport.memory import MemoryTransport
 from workers.settings import Settings
 
@@ -25,11 +26,8 @@ _names = itertools.count()
 
 
 def _settings(model_repo: Path) -> Settings:
-    s = Settings()
-    s.kafka.bootstrap = f"memory://loadtest-{next(_names)}"
-    s.topics.partitions = 2
-    s.scorer.model_repo = str(model_repo)
-    return s
+    return amended(Settings(), kafka={"bootstrap": f"memory://loadtest-{next(_names)}"},
+                   topics={"partitions": 2}, scorer={"model_repo": str(model_repo)})
 
 
 @pytest.fixture
@@ -75,8 +73,7 @@ async def test_recording_a_replay_and_replaying_it_keeps_the_gaps(traffic, tmp_p
     """generate → replay (Poisson) while recording → replay the recording at speed 1 while
     recording again: the gaps between requests survive each step within 1 ms at p50.
     No roles run here (nothing answers), so this process only sends and records."""
-    settings = Settings()
-    settings.kafka.bootstrap = f"memory://loadtest-{next(_names)}"
+    settings = amended(Settings(), kafka={"bootstrap": f"memory://loadtest-{next(_names)}"})
     transport = MemoryTransport(settings.kafka.bootstrap)
     await transport.create_topics([settings.topics.requests, settings.topics.results], 2)
     first = arrivals.plan(traffic.at_ms, rate=150.0, arrival="poisson", requests=200, seed=5)

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stack import ROLES, SLOW_SCORER, Stack, produce_requests
 
 from loadtest.generate import generate
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, amended
 from pipeline.endpoint import MetricsServer
 from pipeline.metrics import CATALOG, Metrics, sample_names
 from pipeline.transport.memory import MemoryBroker
@@ -73,14 +73,11 @@ def settings(model_repo):
     # a test that ran `adstream …` in process may have left structlog writing to a captured,
     # now closed, stream; the dead letter below logs a warning
     structlog.reset_defaults()
-    s = Settings()
     name = f"metrics{next(_names)}"
-    s.kafka.bootstrap = f"memory://{name}"
-    s.scorer.model_repo = str(model_repo)
-    s.topics.partitions = 3
-    s.actor.max_in_flight, s.actor.resume_in_flight = 4, 2  # so the budget pauses
-    s.metrics.port, s.metrics.host, s.metrics.lag_interval_s = free_port(), "127.0.0.1", 0.1
-    yield s
+    yield amended(Settings(), kafka={"bootstrap": f"memory://{name}"},
+                  scorer={"model_repo": str(model_repo)}, topics={"partitions": 3},
+                  actor={"max_in_flight": 4, "resume_in_flight": 2},  # so the budget pauses
+                  metrics={"port": free_port(), "host": "127.0.0.1", "lag_interval_s": 0.1})
     MemoryBroker.drop(name)
 
 
@@ -298,8 +295,8 @@ def _replay_and_check(stack: Stack, urls: dict[str, str]) -> None:
 
 async def _status(stack: Stack, endpoints: list[str]) -> dict[str, GroupStatus]:
     """What `adstream status` computes: two observations, half a second apart."""
-    s = StatusSettings()
-    s.kafka.bootstrap, s.kafka.group_prefix = stack.bootstrap, stack.prefix
+    s = amended(StatusSettings(), kafka={"bootstrap": stack.bootstrap,
+                                         "group_prefix": stack.prefix})
     observer = Observer(s, endpoints, discover=False)
     try:
         await observer.observe()

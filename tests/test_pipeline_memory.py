@@ -8,6 +8,7 @@ import pytest
 from helpers import DirectScorer, assert_same_answer
 
 from loadtest.generate import generate
+from pipeline.config import amended
 from pipeline.transport import Outgoing
 from pipeline.transport.memory import MemoryBroker
 from schemas import ScoreRequest
@@ -23,13 +24,10 @@ _names = itertools.count()
 
 @pytest.fixture
 def settings(model_repo):
-    s = Settings()
     name = f"e2e{next(_names)}"
-    s.kafka.bootstrap = f"memory://{name}"
-    s.scorer.model_repo = str(model_repo)
-    s.features.chunk_rows = 64
-    s.topics.partitions = 3
-    yield s
+    yield amended(Settings(), kafka={"bootstrap": f"memory://{name}"},
+                  scorer={"model_repo": str(model_repo)}, features={"chunk_rows": 64},
+                  topics={"partitions": 3})
     MemoryBroker.drop(name)
 
 

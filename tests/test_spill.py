@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.batcher import DynamicBatcher
+from pipeline.config import amended
 from pipeline.metrics import Metrics
 from workers.roles import scoring_batcher
 from workers.scoring.backends import create_backend
@@ -112,10 +113,8 @@ async def test_nothing_spills_below_the_primary_capacity(spec: ModelSpec) -> Non
 
 def test_the_scorer_builds_its_spill_instances_from_settings(model_repo: Path,
                                                              spec: ModelSpec) -> None:
-    s = Settings()
-    s.scorer.model_repo = str(model_repo)
-    s.scorer.spill_backend, s.scorer.spill_instances, s.scorer.spill_queue_rows = \
-        "onnxruntime", 2, 512
+    s = amended(Settings(), scorer={"model_repo": str(model_repo), "spill_backend": "onnxruntime",
+                                    "spill_instances": 2, "spill_queue_rows": 512})
     metrics = Metrics()
     batcher = scoring_batcher(s, spec, metrics)
     assert (len(batcher._models), batcher._n_primary, batcher.spill_queue_rows) == (3, 1, 512)

@@ -29,7 +29,7 @@ from loadtest.replay import stamps_of
 from loadtest.summary import stage_durations
 from pipeline import headers as H
 from pipeline.actor import Held
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, amended, load_config
 from pipeline.tracing import Tracing, begin_batch, parent_of, stage_span
 from pipeline.transport import Outgoing
 from pipeline.transport.base import Record
@@ -48,15 +48,12 @@ CLIENT = "client"
 
 @pytest.fixture
 def settings(model_repo: Any) -> Iterator[Settings]:
-    s = Settings()
     name = f"trace{next(_names)}"
-    s.kafka.bootstrap = f"memory://{name}"
-    s.scorer.model_repo = str(model_repo)
-    s.features.chunk_rows = 64  # requests of up to 200 candidates fan out to 1-4 chunks
-    s.topics.partitions = 2
-    s.log.level = "warning"
-    s.tracing.sample_ratio = 1.0  # requests without a traceparent start a trace
-    yield s
+    yield amended(Settings(), kafka={"bootstrap": f"memory://{name}"},
+                  scorer={"model_repo": str(model_repo)},
+                  features={"chunk_rows": 64},  # requests of up to 200 candidates: 1-4 chunks
+                  topics={"partitions": 2}, log={"level": "warning"},
+                  tracing={"sample_ratio": 1.0})  # requests without a traceparent start a trace
     MemoryBroker.drop(name)
 
 
@@ -290,8 +287,9 @@ async def test_spans_are_exported_to_an_otlp_http_collector(settings) -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        settings.tracing.otlp_endpoint = f"http://127.0.0.1:{server.server_port}/v1/traces"
-        settings.tracing.sample_ratio = 1.0
+        settings = amended(settings, tracing={
+            "otlp_endpoint": f"http://127.0.0.1:{server.server_port}/v1/traces",
+            "sample_ratio": 1.0})
         reqs = _requests(4, seed=7)
         await _serve(settings, FUSED, [(r, {}) for r in reqs], None)  # exported at the end
     finally:
@@ -353,8 +351,7 @@ async def test_the_trace_crosses_a_real_kafka_broker(kafka_bootstrap, model_repo
     """The same three-role trace through aiokafka: the traceparent survives Kafka's
     headers at every hop."""
     tracing, spans_out, client = exporter
-    settings = kafka_settings(kafka_bootstrap, model_repo)
-    settings.features.chunk_rows = 64
+    settings = amended(kafka_settings(kafka_bootstrap, model_repo), features={"chunk_rows": 64})
     reqs = _requests(3, seed=9)
     roots = {r.request_id: client.start_span(CLIENT) for r in reqs}
     results = await _serve(settings, THREE_HOPS,
@@ -403,8 +400,8 @@ async def test_an_unreachable_collector_neither_stops_answers_nor_holds_up_a_sto
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    settings.tracing.otlp_endpoint = f"http://127.0.0.1:{port}/v1/traces"
-    settings.tracing.export_timeout_s = 0.5
+    settings = amended(settings, tracing={"otlp_endpoint": f"http://127.0.0.1:{port}/v1/traces",
+                                          "export_timeout_s": 0.5})
     reqs = _requests(4, seed=8)
     start = time.monotonic()
     results = await _serve(settings, FUSED, [(r, {}) for r in reqs], None)

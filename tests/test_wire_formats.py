@@ -16,6 +16,7 @@ import pytest
 
 from loadtest.generate import generate
 from pipeline import headers as H
+from pipeline.config import amended
 from pipeline.transport import Outgoing
 from pipeline.transport.memory import MemoryBroker
 from schemas.encoding import JSON
@@ -132,12 +133,9 @@ def test_string_columns_survive_the_wire_and_give_the_features_of_their_ids(mode
 
 @pytest.fixture
 def settings(model_repo):
-    s = Settings()
     name = f"wire{next(_names)}"
-    s.kafka.bootstrap = f"memory://{name}"
-    s.scorer.model_repo = str(model_repo)
-    s.topics.partitions = 2
-    yield s
+    yield amended(Settings(), kafka={"bootstrap": f"memory://{name}"},
+                  scorer={"model_repo": str(model_repo)}, topics={"partitions": 2})
     MemoryBroker.drop(name)
 
 
@@ -396,8 +394,7 @@ def test_string_traffic_is_the_same_requests_with_names_and_costs_are_measured(m
     req = request_from_json(strs[0], 0)
     assert isinstance(req.candidates["landing_domain"], StringColumn)
     assert req.user["city"] == f"city-{ints[0]['user']['city']}"
-    s = Settings()
-    s.scorer.model_repo = str(model_repo)
+    s = amended(Settings(), scorer={"model_repo": str(model_repo)})
     m = measure(s, requests=20, candidates=10, fetch=10, rounds=1)
     assert m["strings"].bytes_per_request > m["integers"].bytes_per_request
     assert m["features_ratio"] > 0 and m["integers"].scoring_us > 0

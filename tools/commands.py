@@ -14,7 +14,7 @@ import msgpack
 
 from pipeline import runner
 from pipeline.cli import settings_from_args
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, amended
 from pipeline.headers import now_ms
 from schemas.errors import SchemaError
 from schemas.json_form import request_from_json
@@ -34,9 +34,9 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     if args.partitions is not None:
-        s.topics.partitions = args.partitions
+        s = amended(s, topics={"partitions": args.partitions})
     if args.replication is not None:
-        s.topics.replication = args.replication
+        s = amended(s, topics={"replication": args.replication})
 
     async def go(stop: asyncio.Event) -> list[str]:
         transport = transport_for(s, wait_for_broker=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import runner
+from pipeline.config import amended
 from pipeline.headers import now_ms
 from schemas.json_form import request_from_json
 from schemas.messages import ScoreResult
@@ -53,7 +54,7 @@ def run_demo(settings: Settings, *, broker: str, requests: int, seed: int, rate:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # transient start-up noise
     started: kafka.LocalBroker | None = None
     if broker == "memory":
-        settings.kafka.bootstrap = "memory://demo"
+        settings = amended(settings, kafka={"bootstrap": "memory://demo"})
         label = "in-process broker (memory://demo)"
     else:
         bootstrap = settings.kafka.bootstrap
@@ -69,7 +70,7 @@ def run_demo(settings: Settings, *, broker: str, requests: int, seed: int, rate:
     if not (repo / settings.scorer.model / "config.toml").exists():
         path = build_reference_model(repo, name=settings.scorer.model)
         print(f"built the reference model: {path}")
-    settings.topics.partitions = min(settings.topics.partitions, 4)
+    settings = amended(settings, topics={"partitions": min(settings.topics.partitions, 4)})
 
     async def main(stop: asyncio.Event) -> int:
         transport = transport_for(settings)

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
 
-@dataclass
+@dataclass(frozen=True)
 class StatusSettings:
     """The tables ``adstream status`` reads; the others configure the roles."""
 

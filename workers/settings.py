@@ -2,6 +2,7 @@
 
 Each setting's allowed values are declared on its field (``setting(default, ge=...)``);
 loading refuses anything else and the README's configuration reference shows the same.
+Settings are frozen once made (other values: ``pipeline.config.amended``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pipeline.tracing import TracingSection
 from workers.scoring.backend_names import BACKENDS
 
 
-@dataclass
+@dataclass(frozen=True)
 class TopicsSection:
     requests: str = setting("ads.requests", nonempty=True)  # ScoreRequests, keyed by user id
     features: str = setting("ads.features", nonempty=True)  # FeatureChunks, keyed by request id and chunk
@@ -27,7 +28,7 @@ class TopicsSection:
     replication: int = setting(1, ge=1, le=32767)  # replication factor for `adstream topics create`
 
 
-@dataclass
+@dataclass(frozen=True)
 class FeaturesSection:
     chunk_rows: int = setting(256, ge=1)  # candidates per FeatureChunk; large requests fan out
     spec: str = ""  # feature spec TOML; empty = the bundled default
@@ -36,7 +37,7 @@ class FeaturesSection:
     key: str = setting("request", choices=("request", "user"))  # key of FeatureChunks/ScoreChunks: request (spread) or user (ordered)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScorerSection:
     model_repo: str = setting("models", nonempty=True)  # Triton-style repository: <name>/<version>/model.onnx
     model: str = setting("ctr", nonempty=True)  # model name in the repository
@@ -60,13 +61,13 @@ class ScorerSection:
     gpu_pool_fraction: float = setting(0.8, gt=0, le=1)  # cupy: device memory pool limit, fraction of the GPU
 
 
-@dataclass
+@dataclass(frozen=True)
 class AggregatorSection:
     dedupe_capacity: int = setting(200_000, ge=1)  # finished request ids remembered to drop duplicate chunks
     tick_ms: int = setting(5, ge=1)  # how often deadlines are checked
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSection = field(default_factory=KafkaSection)
     topics: TopicsSection = field(default_factory=TopicsSection)
