@@ -132,7 +132,7 @@ class ActorStats:
 class _Lane:
     """Per-partition ordering of sends: each batch waits for the previous one's sends."""
 
-    tail: asyncio.Future[bool] | None = None
+    last_sent: asyncio.Future[bool] | None = None  # the newest batch's "sends done"
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -327,10 +327,10 @@ class Actor:
         lane = self._lanes.get(tp)
         if lane is None:
             lane = self._lanes[tp] = _Lane()
-        prev = lane.tail
-        mine: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        lane.tail = mine if self.handler.ordered else None
-        task = tg.create_task(self._process(tp, records, prev, mine))
+        previous_sent = lane.last_sent
+        sends_done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        lane.last_sent = sends_done if self.handler.ordered else None
+        task = tg.create_task(self._process(tp, records, previous_sent, sends_done))
         lane.tasks.add(task)
         task.add_done_callback(lane.tasks.discard)
 
@@ -353,8 +353,9 @@ class Actor:
             out.extend(await self._handle([rec]))
         return out
 
-    async def _process(self, tp: TP, records: list[Record], prev: asyncio.Future[bool] | None,
-                       mine: asyncio.Future[bool]) -> None:
+    async def _process(self, tp: TP, records: list[Record],
+                       previous_sent: asyncio.Future[bool] | None,
+                       sends_done: asyncio.Future[bool]) -> None:
         assert self._flow is not None
         start = time.perf_counter()
         received_ns = time.time_ns()
@@ -366,7 +367,7 @@ class Actor:
         held: list[tuple[Record, Held]] = []
         try:
             results = await self._handle(records)
-            if prev is not None and not await asyncio.shield(prev):
+            if previous_sent is not None and not await asyncio.shield(previous_sent):
                 # the batch before this one in the partition was abandoned: abandon this one
                 # too, so nothing after an unsent record is sent (its redelivery keeps order)
                 raise PartitionLost(str(tp))
@@ -392,7 +393,7 @@ class Actor:
                 o.headers[stamp_in] = received
                 o.headers[stamp_out] = sent
             acked = await self._send_batch(tp, outputs, records[-1].offset)
-            mine.set_result(True)
+            sends_done.set_result(True)
             if clock is not None:  # the stage spans end where the out stamp was read
                 clock.sent(sent_ns)
             try:
@@ -422,8 +423,8 @@ class Actor:
             for _, h in held:  # answers not sent: whoever waits on them is abandoned too
                 if h.send and not h.until.done():
                     h.until.cancel()
-            if not mine.done():
-                mine.set_result(False)  # never block the next batch of the lane
+            if not sends_done.done():
+                sends_done.set_result(False)  # never block the next batch of the lane
             if not settled:
                 self._abandon(tp, records)
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pipeline import headers as H
+from pipeline.headers import SENT_MS, STAGE_PREFIX, TRACEPARENT, TRACESTATE
 from pipeline.setting_rules import setting
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ def parent_of(headers: dict[str, bytes], new_trace: float) -> Context | None:
     none (or an invalid one) and wins the draw against ``new_trace`` (an entry stage's
     ``tracing.sample_ratio``; 0 for later stages), else None: not traced. An untraced
     message costs a header lookup (and a draw), without calling OpenTelemetry."""
-    raw = headers.get(H.TRACEPARENT)
+    raw = headers.get(TRACEPARENT)
     if raw is not None and len(raw) == 55 and raw[-1] in _UNSAMPLED and raw[:3] == b"00-":
         return None  # not sampled upstream
     if raw is None and (new_trace <= 0.0 or random.random() >= new_trace):
@@ -186,7 +186,7 @@ def stage_span(tracer: Tracer, name: str, headers: dict[str, bytes], parent: Con
                              attributes=attributes, links=links, start_time=start_ns)
     if not span.is_recording():
         return None  # its traceparent stays the caller's, or none
-    headers.pop(H.TRACESTATE, None)
+    headers.pop(TRACESTATE, None)
     prop.inject(headers, context=trace.set_span_in_context(span), setter=setter)
     return span
 
@@ -204,7 +204,7 @@ def link(headers: dict[str, bytes]) -> Link | None:
     """A link to the span named by ``headers``' traceparent (another input of a fan-in)."""
     from opentelemetry import trace
 
-    if H.TRACEPARENT not in headers:
+    if TRACEPARENT not in headers:
         return None
     prop, getter, _ = _w3c()
     ctx = prop.extract(headers, getter=getter)
@@ -218,11 +218,11 @@ def queued_ns(headers: Mapping[str, bytes], fallback_ms: int) -> int:
     timestamp, without either); the queue-wait span starts there, as the load tester's
     queue time does."""
     latest = 0
-    sent = headers.get(H.SENT_MS)
+    sent = headers.get(SENT_MS)
     if sent is not None and sent.isdigit():
         latest = int(sent)
     for k, v in headers.items():
-        if k.startswith(H.STAGE_PREFIX) and k.endswith(".out"):
+        if k.startswith(STAGE_PREFIX) and k.endswith(".out"):
             try:
                 latest = max(latest, int(v))
             except ValueError:

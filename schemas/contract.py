@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import headers as H
+from pipeline.headers import ACCEPT, CONTENT_TYPE, DEADLINE_MS, ORIGIN, SCHEMA, SENT_MS, STAGE_PREFIX, TRACEPARENT, TRACESTATE, TRACE_ID
 from schemas import strings
 from schemas.columns import ALLOWED_DTYPES
 from schemas.encoding import JSON, MSGPACK
@@ -347,7 +347,7 @@ def _decimal(description: str) -> Schema:
             "description": f"ASCII decimal digits: {description}"}
 
 
-STAGE_STAMP = "^" + H.STAGE_PREFIX.replace(".", r"\.") + r"[a-z_]+\.(in|out)$"
+STAGE_STAMP = "^" + STAGE_PREFIX.replace(".", r"\.") + r"[a-z_]+\.(in|out)$"
 
 
 def headers() -> Schema:
@@ -359,17 +359,17 @@ def headers() -> Schema:
                        "Headers a stage does not know are dropped on its outputs.",
         "type": "object",
         "properties": {
-            H.SCHEMA: {"type": "string", "pattern": r"^ads\.[A-Za-z]+/[0-9]+\.[0-9]+$",
+            SCHEMA: {"type": "string", "pattern": r"^ads\.[A-Za-z]+/[0-9]+\.[0-9]+$",
                        "description": "written for tools (ads.<Type>/<major>.<minor>), never "
                                       "read: the body's schema entry decides"},
-            H.DEADLINE_MS: _decimal("epoch milliseconds. On a ScoreRequest it wins over the "
+            DEADLINE_MS: _decimal("epoch milliseconds. On a ScoreRequest it wins over the "
                                     "body's deadline_ms, and only this header lets a request "
                                     "be answered expired before its body is validated"),
-            H.TRACE_ID: {"type": "string",
+            TRACE_ID: {"type": "string",
                          "description": "an opaque id carried unchanged to every derived "
                                         "message and the result (e.g. a W3C trace id); "
                                         "absent: the request id"},
-            H.TRACEPARENT: {"type": "string",
+            TRACEPARENT: {"type": "string",
                             "pattern": r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
                             "description": "W3C trace context (version-trace_id-parent_id-"
                                            "flags), carried to every derived message; a "
@@ -378,19 +378,19 @@ def headers() -> Schema:
                                            "sampled flag is set and writes its own span "
                                            "here; absent: the feature stage may start a "
                                            "trace (tracing.sample_ratio)"},
-            H.TRACESTATE: {"type": "string",
+            TRACESTATE: {"type": "string",
                            "description": "W3C tracestate (vendor entries), carried with "
                                           "traceparent"},
-            H.SENT_MS: _decimal("epoch ms when the client produced the request"),
-            H.CONTENT_TYPE: {"type": "string",
+            SENT_MS: _decimal("epoch ms when the client produced the request"),
+            CONTENT_TYPE: {"type": "string",
                              "description": f"the body's encoding: {JSON} (a JSON request "
                                             f"or result), or absent / {MSGPACK} for "
                                             "MessagePack; any other value is refused"},
-            H.ACCEPT: {"type": "string",
+            ACCEPT: {"type": "string",
                        "description": f"on a request: {JSON} asks for a JSON result (any "
                                       "other value: MessagePack); carried to the stage that "
                                       "answers"},
-            H.ORIGIN: {"type": "string", "pattern": r"^.+\[[0-9]+\]@[0-9]+$",
+            ORIGIN: {"type": "string", "pattern": r"^.+\[[0-9]+\]@[0-9]+$",
                        "description": "set by the feature stage: where the request was read, "
                                       "topic[partition]@offset; a client's value is replaced"},
         },

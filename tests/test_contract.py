@@ -12,7 +12,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from pipeline import headers as H
+from pipeline.headers import ORIGIN, carry, int_header, now_ms, stage_stamps
 from pipeline.transport.base import Record
 from schemas import contract
 from schemas.errors import SchemaError
@@ -197,10 +197,10 @@ def _text(headers: dict[str, bytes]) -> dict[str, str]:
 
 def test_headers_of_real_messages_validate() -> None:
     v = validator("headers.schema.json")
-    req = request(deadline_ms=H.now_ms() + 1000)
+    req = request(deadline_ms=now_ms() + 1000)
     sent = request_message(req, "ads.requests").headers
-    derived = H.carry({**sent, H.ORIGIN: Origin("ads.requests", 2, 41).header(),
-                       **H.stage_stamps("features", H.now_ms())}, "ads.FeatureChunk/1.1")
+    derived = carry({**sent, ORIGIN: Origin("ads.requests", 2, 41).header(),
+                       **stage_stamps("features", now_ms())}, "ads.FeatureChunk/1.1")
     replied = status_result("r-1", "expired", "ads.results", headers=derived).headers
     for headers in (sent, derived, replied):
         assert [e.message for e in v.iter_errors(_text(headers))] == []
@@ -214,7 +214,7 @@ def test_headers_of_real_messages_validate() -> None:
 def test_headers_not_in_the_documented_encoding_are_refused(bad: dict[str, str]) -> None:
     assert not validator("headers.schema.json").is_valid(bad)
     if "deadline_ms" in bad:  # and the pipeline ignores such a deadline header
-        assert H.int_header({"deadline_ms": bad["deadline_ms"].encode()}, "deadline_ms") is None
+        assert int_header({"deadline_ms": bad["deadline_ms"].encode()}, "deadline_ms") is None
 
 
 def test_a_reader_would_see_every_dtype_the_codec_allows() -> None:

@@ -24,7 +24,7 @@ from helpers import DirectScorer
 from stack import Stack
 
 from loadtest.generate import generate
-from pipeline import headers as H
+from pipeline.headers import stage_out
 from schemas import ScoreRequest, ScoreResult, decode, encode
 from schemas.json_form import request_from_json
 from tools.kafka import (
@@ -116,7 +116,7 @@ def check(traffic: Traffic, results: list[tuple[ScoreResult, dict]], direct: Dir
     out_ms: dict[str, int] = {}
     for res, headers in results:
         by_id.setdefault(res.request_id, []).append(res)
-        stamp = headers.get(H.stage_out("aggregator"))
+        stamp = headers.get(stage_out("aggregator"))
         if stamp is not None:
             out_ms.setdefault(res.request_id, int(stamp))
     lost = sum(1 for r in traffic.requests if r.request_id not in by_id)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline import headers as H
+from pipeline.headers import ORIGIN, carry
 from pipeline.transport.base import Record
 from workers.request_ids import Origin, RequestIds, Seen
 
@@ -79,6 +79,6 @@ def test_an_origin_header_not_in_the_form_is_none(raw: bytes | None) -> None:
 
 def test_origin_of_a_record_and_from_carried_headers() -> None:
     rec = Record("ads.requests", 3, 17, b"u1", b"")
-    headers = H.carry({H.ORIGIN: Origin.of(rec).header(), "other": b"x"}, "ads.ScoreChunk/1.1")
+    headers = carry({ORIGIN: Origin.of(rec).header(), "other": b"x"}, "ads.ScoreChunk/1.1")
     assert Origin.from_headers(headers) == A
     assert "other" not in headers

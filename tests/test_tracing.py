@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from loadtest.generate import generate
 from loadtest.replay import stamps_of
 from loadtest.summary import stage_durations
-from pipeline import headers as H
+from pipeline.headers import TRACEPARENT, now_ms
 from pipeline.actor import Held
 from pipeline.config import ConfigError, amended, load_config
 from pipeline.tracing import Tracing, begin_batch, parent_of, stage_span
@@ -103,7 +103,7 @@ async def _serve(settings: Settings, roles: tuple[str, ...], sends: list[Any],
 
 def _traceparent(span: trace.Span) -> dict[str, bytes]:
     c = span.get_span_context()
-    return {H.TRACEPARENT: f"00-{c.trace_id:032x}-{c.span_id:016x}-01".encode()}
+    return {TRACEPARENT: f"00-{c.trace_id:032x}-{c.span_id:016x}-01".encode()}
 
 
 def _by_request(spans: tuple[ReadableSpan, ...]) -> dict[str, list[ReadableSpan]]:
@@ -153,14 +153,14 @@ async def test_three_role_spans_cover_every_stage_with_the_right_parent(settings
     unsampled = reqs[10]  # a traceparent without the sampled flag: no spans, passed on
     off = b"00-" + b"ab" * 16 + b"-" + b"cd" * 8 + b"-00"
     sends = [(r, _traceparent(roots[r.request_id])) for r in reqs[:10]]
-    sends += [(unsampled, {H.TRACEPARENT: off}), (reqs[11], {})]  # the last: a new trace
+    sends += [(unsampled, {TRACEPARENT: off}), (reqs[11], {})]  # the last: a new trace
     results = await _serve(settings, THREE_HOPS, sends, tracing)
     for root in roots.values():
         root.end()
     spans = spans_out.get_finished_spans()
     staged = _by_request(spans)
     assert unsampled.request_id not in staged
-    assert results[unsampled.request_id][H.TRACEPARENT] == off
+    assert results[unsampled.request_id][TRACEPARENT] == off
     assert reqs[11].request_id in staged  # no traceparent: the feature stage starts a trace
     chunks_seen = set()
     for req in reqs[:10]:
@@ -190,7 +190,7 @@ async def test_three_role_spans_cover_every_stage_with_the_right_parent(settings
         assert agg_kids["aggregation"][0].end_time == aggregator.end_time
         # the result names the aggregator's span
         c = aggregator.context
-        assert results[req.request_id][H.TRACEPARENT] == \
+        assert results[req.request_id][TRACEPARENT] == \
             f"00-{c.trace_id:032x}-{c.span_id:016x}-01".encode()
     assert max(chunks_seen) > 1  # some requests fanned out over several scorer spans
     schema = json.loads((CONTRACT / "headers.schema.json").read_text())
@@ -213,7 +213,7 @@ async def test_fused_spans_cover_every_step_with_the_client_as_parent(settings, 
         assert fused.parent is not None
         assert fused.parent.span_id == roots[req.request_id].get_span_context().span_id
         _check_stage(spans, fused, {"feature plan", "batch wait", "model"})
-        assert results[req.request_id][H.TRACEPARENT].split(b"-")[2] == \
+        assert results[req.request_id][TRACEPARENT].split(b"-")[2] == \
             f"{fused.context.span_id:016x}".encode()
 
 
@@ -259,9 +259,9 @@ async def test_spans_agree_with_the_load_testers_stage_breakdown(settings, expor
 async def test_tracing_off_passes_the_trace_context_through(settings) -> None:
     reqs = _requests(3, seed=6)
     parent = b"00-" + b"12" * 16 + b"-" + b"34" * 8 + b"-01"
-    results = await _serve(settings, THREE_HOPS, [(r, {H.TRACEPARENT: parent}) for r in reqs],
+    results = await _serve(settings, THREE_HOPS, [(r, {TRACEPARENT: parent}) for r in reqs],
                            None)  # from the settings: no endpoint, so no tracer
-    assert all(results[r.request_id][H.TRACEPARENT] == parent for r in reqs)
+    assert all(results[r.request_id][TRACEPARENT] == parent for r in reqs)
     assert Tracing.from_settings(settings.tracing).tracer is None
 
 
@@ -322,11 +322,11 @@ async def test_an_answer_at_the_deadline_gets_its_aggregator_spans(exporter) -> 
         sent.extend(msgs)
 
     chunk = ScoreChunk(request_id="r-late", chunk=0, n_chunks=2, n_candidates=2, top_k=1,
-                       reply_to=None, deadline_ms=H.now_ms() + 150,
+                       reply_to=None, deadline_ms=now_ms() + 150,
                        ad_id=np.array([7], np.int64), bid=np.ones(1, np.float32),
                        score=np.full(1, 0.5, np.float32))
-    headers = {**_traceparent(root), "ts.scorer.out": str(H.now_ms()).encode()}
-    record = Record("ads.scores", 0, 0, b"r-late", encode(chunk), headers, H.now_ms())
+    headers = {**_traceparent(root), "ts.scorer.out": str(now_ms()).encode()}
+    record = Record("ads.scores", 0, 0, b"r-late", encode(chunk), headers, now_ms())
     async with asyncio.TaskGroup() as tg:
         await agg.open(tg, send)  # type: ignore[arg-type]
         begin_batch(time.time_ns())
@@ -341,7 +341,7 @@ async def test_an_answer_at_the_deadline_gets_its_aggregator_spans(exporter) -> 
     assert (stage.attributes or {})["adstream.status"] == "partial"
     kids = _check_stage(spans, stage, {"aggregation"})
     assert kids["aggregation"][0].end_time == stage.end_time
-    assert answer.headers[H.TRACEPARENT].split(b"-")[2] == \
+    assert answer.headers[TRACEPARENT].split(b"-")[2] == \
         f"{stage.context.span_id:016x}".encode()
 
 
@@ -365,7 +365,7 @@ async def test_the_trace_crosses_a_real_kafka_broker(kafka_bootstrap, model_repo
         assert features.parent is not None
         assert features.parent.span_id == roots[req.request_id].get_span_context().span_id
         (agg,) = [s for s in staged[req.request_id] if s.name == "aggregator"]
-        assert results[req.request_id][H.TRACEPARENT].split(b"-")[2] == \
+        assert results[req.request_id][TRACEPARENT].split(b"-")[2] == \
             f"{agg.context.span_id:016x}".encode()
 
 
@@ -374,10 +374,10 @@ def test_only_sampled_or_drawn_messages_get_a_stage_span(exporter) -> None:
     assert tracing.tracer is not None
     sampled = b"00-" + b"12" * 16 + b"-" + b"34" * 8 + b"-01"
     for headers, ratio, traced in [({}, 0.0, False), ({}, 1.0, True),
-                                   ({H.TRACEPARENT: sampled}, 0.0, True),
-                                   ({H.TRACEPARENT: sampled[:-1] + b"0"}, 1.0, False),
-                                   ({H.TRACEPARENT: b"garbage"}, 0.0, False),
-                                   ({H.TRACEPARENT: b"garbage"}, 1.0, True)]:
+                                   ({TRACEPARENT: sampled}, 0.0, True),
+                                   ({TRACEPARENT: sampled[:-1] + b"0"}, 1.0, False),
+                                   ({TRACEPARENT: b"garbage"}, 0.0, False),
+                                   ({TRACEPARENT: b"garbage"}, 1.0, True)]:
         before = dict(headers)
         parent = parent_of(headers, ratio)
         assert (parent is not None) == traced, (before, ratio)
@@ -387,10 +387,10 @@ def test_only_sampled_or_drawn_messages_get_a_stage_span(exporter) -> None:
         assert span is not None
         span.end()
         c = span.get_span_context()
-        written = headers[H.TRACEPARENT]
+        written = headers[TRACEPARENT]
         assert written[:53] == f"00-{c.trace_id:032x}-{c.span_id:016x}-".encode()
         assert int(written[53:], 16) & 1  # sampled
-        if before.get(H.TRACEPARENT) == sampled:
+        if before.get(TRACEPARENT) == sampled:
             assert f"{c.trace_id:032x}".encode() == sampled[3:35]
     assert len(spans_out.get_finished_spans()) == 3
 
@@ -405,7 +405,7 @@ async def test_an_unreachable_collector_neither_stops_answers_nor_holds_up_a_sto
     reqs = _requests(4, seed=8)
     start = time.monotonic()
     results = await _serve(settings, FUSED, [(r, {}) for r in reqs], None)
-    assert all(H.TRACEPARENT in results[r.request_id] for r in reqs)  # answered, traced
+    assert all(TRACEPARENT in results[r.request_id] for r in reqs)  # answered, traced
     assert time.monotonic() - start < 20
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from loadtest.generate import generate
-from pipeline import headers as H
+from pipeline.headers import ACCEPT, CONTENT_TYPE, make
 from pipeline.config import amended
 from pipeline.transport import Outgoing
 from pipeline.transport.memory import MemoryBroker
@@ -140,10 +140,10 @@ def settings(model_repo):
 
 
 def _json_message(req: ScoreRequest, topic: str, *, accept: bool = True) -> Outgoing:
-    headers = H.make(schema_name(ScoreRequest.TYPE), trace_id=req.request_id)
-    headers[H.CONTENT_TYPE] = JSON.encode()
+    headers = make(schema_name(ScoreRequest.TYPE), trace_id=req.request_id)
+    headers[CONTENT_TYPE] = JSON.encode()
     if accept:
-        headers[H.ACCEPT] = JSON.encode()
+        headers[ACCEPT] = JSON.encode()
     return Outgoing(topic, encode_json(req), key=req.user_id.encode(), headers=headers)
 
 
@@ -192,8 +192,8 @@ async def test_string_and_json_requests_get_the_answers_of_their_msgpack_integer
             np.testing.assert_array_equal(results[a].ad_id, results[b].ad_id)
             np.testing.assert_array_equal(results[a].score, results[b].score)
             np.testing.assert_array_equal(results[a].bid, results[b].bid)
-        assert headers[r.request_id + "j"][H.CONTENT_TYPE] == JSON.encode()
-        assert H.CONTENT_TYPE not in headers[r.request_id]
+        assert headers[r.request_id + "j"][CONTENT_TYPE] == JSON.encode()
+        assert CONTENT_TYPE not in headers[r.request_id]
     # string features change the scores (the twins are not just the plain requests)
     assert any((results[r.request_id].score != results[i.request_id].score).any()
                for r, (_, i) in zip(base, pairs, strict=True))
@@ -380,8 +380,8 @@ async def test_bad_string_and_json_requests_reach_the_dead_letters_and_are_rejec
         "bad-json": "candidates.bid[1]: NaN or infinity is not allowed"}
     assert {r.status for r in results.values()} == {"rejected"}
     assert sorted(d.error for d in dlq) == sorted(r.reason for r in results.values())
-    assert headers["bad-json"][H.CONTENT_TYPE] == JSON.encode()  # it asked for JSON
-    assert H.CONTENT_TYPE not in headers["bad-utf8"]
+    assert headers["bad-json"][CONTENT_TYPE] == JSON.encode()  # it asked for JSON
+    assert CONTENT_TYPE not in headers["bad-utf8"]
 
 
 def test_string_traffic_is_the_same_requests_with_names_and_costs_are_measured(model_repo

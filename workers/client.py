@@ -10,7 +10,7 @@ from typing import Self
 import structlog
 
 from adstream_client.wire import request_message
-from pipeline import headers as H
+from pipeline.headers import CONTENT_TYPE
 from pipeline.transport.base import Producer, Transport
 from schemas.errors import SchemaError
 from schemas.messages import ScoreRequest, ScoreResult, decode
@@ -63,7 +63,7 @@ class ResultWaiter:
                 for records in batch.values():
                     for rec in records:
                         try:
-                            res = decode(rec.value, ScoreResult, content_type=rec.headers.get(H.CONTENT_TYPE))
+                            res = decode(rec.value, ScoreResult, content_type=rec.headers.get(CONTENT_TYPE))
                         except SchemaError as e:
                             log.warning("unreadable result", where=rec.where(), reason=str(e))
                             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline import headers as H
+from pipeline.headers import ACCEPT, CONTENT_TYPE, SCHEMA, carry, now_ms
 from pipeline.actor import Handler
 from pipeline.transport.base import Outgoing, Record
 from schemas.encoding import JSON, wants_json
@@ -30,19 +30,19 @@ def dead_letter(record: Record, error: Exception, stage: str, dlq_topic: str) ->
         key=record.key,
         headers=record.headers,
         request_id=rid,
-        ts_ms=H.now_ms(),
+        ts_ms=now_ms(),
     )
     return Outgoing(dlq_topic, encode(msg), key=record.key,
-                    headers={H.SCHEMA: schema_name(DeadLetter.TYPE).encode()})
+                    headers={SCHEMA: schema_name(DeadLetter.TYPE).encode()})
 
 
 class DeadLettering(Handler):
     """A role's handler whose dead letters go to ``topics.dlq`` under the role's name."""
 
-    s: Settings
+    settings: Settings
 
     def dead_letter(self, record: Record, error: Exception) -> list[Outgoing]:
-        return [dead_letter(record, error, self.name, self.s.topics.dlq)]
+        return [dead_letter(record, error, self.name, self.settings.topics.dlq)]
 
 
 def status_result(
@@ -58,18 +58,18 @@ def status_result(
     res = ScoreResult(request_id=request_id, status=status, n_candidates=n_candidates,
                       reason=reason, ad_id=np.zeros(0, np.int64), bid=np.zeros(0, np.float32),
                       score=np.zeros(0, np.float32))
-    return result_message(res, topic, H.carry(headers or {}, RESULT_SCHEMA.decode()))
+    return result_message(res, topic, carry(headers or {}, RESULT_SCHEMA.decode()))
 
 
 def result_message(result: ScoreResult, topic: str, headers: dict[str, bytes]) -> Outgoing:
     """The one way a result is sent: MessagePack, or JSON (with ``content-type:
     application/json``) when the request's ``accept`` header asked for it."""
     headers = dict(headers)
-    headers[H.SCHEMA] = RESULT_SCHEMA
-    if wants_json(headers.get(H.ACCEPT)):
-        headers[H.CONTENT_TYPE] = JSON.encode()
+    headers[SCHEMA] = RESULT_SCHEMA
+    if wants_json(headers.get(ACCEPT)):
+        headers[CONTENT_TYPE] = JSON.encode()
         body = encode_json(result)
     else:
-        headers.pop(H.CONTENT_TYPE, None)
+        headers.pop(CONTENT_TYPE, None)
         body = encode(result)
     return Outgoing(topic, body, key=result.request_id.encode(), headers=headers)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline import headers as H
+from pipeline.headers import TRACEPARENT, carry, int_header, now_ms, stage_in
 from pipeline.actor import Held, PartitionLost, Result, Send
 from pipeline.timeslice import TimeSlice
 from pipeline.tracing import BatchClock, current_batch, link, parent_of
@@ -64,7 +64,7 @@ class Aggregator(DeadLettering):
     holds = True
 
     def __init__(self, settings: Settings, transport: Transport | None = None) -> None:
-        self.s = settings
+        self.settings = settings
         self.transport = transport
         self.exactly_once = settings.actor.delivery == "exactly_once"
         # at-least-once: a partition's answers go out in the order its records completed
@@ -92,7 +92,7 @@ class Aggregator(DeadLettering):
         self._wake.set()
 
     async def handle(self, records: Sequence[Record]) -> list[Result]:
-        limit = self.s.actor.max_message_bytes
+        limit = self.settings.actor.max_message_bytes
         results: list[Result] = []
         slice_ = TimeSlice()
         clock = current_batch() if self.tracer is not None else None
@@ -115,7 +115,7 @@ class Aggregator(DeadLettering):
         seen = self._ids.check(rid, origin)
         if seen is Seen.REUSED:  # another request with an id in use: say so, once
             self.counts["reused"] += 1
-            return [status_result(rid, "rejected", chunk.reply_to or self.s.topics.results,
+            return [status_result(rid, "rejected", chunk.reply_to or self.settings.topics.results,
                                   reason=self._ids.reason(rid, origin),
                                   n_candidates=chunk.n_candidates, headers=record.headers)]
         if seen is Seen.REUSED_REPEAT or rid in self._done:
@@ -124,7 +124,7 @@ class Aggregator(DeadLettering):
         p = self._pending.get(rid)
         if p is None:
             p = _Pending(rid, chunk.n_chunks, chunk.n_candidates, chunk.top_k, chunk.reply_to,
-                         chunk.deadline_ms, H.carry(record.headers, RESULT_SCHEMA),
+                         chunk.deadline_ms, carry(record.headers, RESULT_SCHEMA),
                          record.partition)
             self._pending[rid] = p
             if p.deadline_ms is not None:
@@ -134,12 +134,12 @@ class Aggregator(DeadLettering):
         if chunk.chunk in p.chunks or p.finishing:
             self.counts["duplicates"] += 1
             return []  # its twin, already taken, is the record that waits
-        if clock is not None and p.chunks and H.TRACEPARENT in record.headers:
+        if clock is not None and p.chunks and TRACEPARENT in record.headers:
             if p.others is None:
                 p.others = []
-            p.others.append({H.TRACEPARENT: record.headers[H.TRACEPARENT]})
+            p.others.append({TRACEPARENT: record.headers[TRACEPARENT]})
         p.chunks[chunk.chunk] = chunk
-        p.headers[H.stage_in(self.name)] = str(H.now_ms()).encode()
+        p.headers[stage_in(self.name)] = str(now_ms()).encode()
         if len(p.chunks) == p.n_chunks:
             if self.tracer is None or clock is None:
                 return Held(p.answered, send=self._answer(p, deadline_passed=False))
@@ -180,12 +180,12 @@ class Aggregator(DeadLettering):
         committed transactions) from the changelog, so replayed chunks do not answer again."""
         if not self.exactly_once or self.transport is None:
             return
-        parts = {tp.partition for tp in tps if tp.topic == self.s.topics.scores}
-        consumer = self.transport.consumer([self.s.topics.changelog], None,
+        parts = {tp.partition for tp in tps if tp.topic == self.settings.topics.scores}
+        consumer = self.transport.consumer([self.settings.topics.changelog], None,
                                            read_committed=True)
         await consumer.start()
         try:
-            wanted = {TP(self.s.topics.changelog, p) for p in parts}
+            wanted = {TP(self.settings.topics.changelog, p) for p in parts}
             records = await consumer.read_to_end(wanted)
         finally:
             await consumer.stop()
@@ -193,13 +193,13 @@ class Aggregator(DeadLettering):
             if rec.key is not None:
                 self._done[rec.key.decode()] = rec.partition
                 self._ids.remember(rec.key.decode(), Origin.parse(rec.value))
-        while len(self._done) > self.s.aggregator.dedupe_capacity:
+        while len(self._done) > self.settings.aggregator.dedupe_capacity:
             self._done.popitem(last=False)
 
     def revoked(self, tps: set[TP]) -> None:
         """Forget unanswered requests of revoked partitions: their chunks are uncommitted, so
         the partitions' new owner reads them again and answers once."""
-        parts = {tp.partition for tp in tps if tp.topic == self.s.topics.scores}
+        parts = {tp.partition for tp in tps if tp.topic == self.settings.topics.scores}
         for rid, p in list(self._pending.items()):
             if p.partition in parts and not p.finishing:
                 del self._pending[rid]
@@ -240,17 +240,17 @@ class Aggregator(DeadLettering):
                              reason="deadline passed" if status != "ok" else None,
                              model=last.model if last else None,
                              model_version=last.model_version if last else None)
-        msgs = [result_message(result, p.reply_to or self.s.topics.results, p.headers)]
+        msgs = [result_message(result, p.reply_to or self.settings.topics.results, p.headers)]
         if self.exactly_once:  # the answer and its changelog entry commit together
             first = self._ids.first(p.request_id)
-            msgs.append(Outgoing(self.s.topics.changelog, first.header() if first else b"",
+            msgs.append(Outgoing(self.settings.topics.changelog, first.header() if first else b"",
                                  key=p.request_id.encode(),
                                  partition=p.partition))
         self.counts[status] += 1
         del self._pending[p.request_id]
         self._done[p.request_id] = p.partition
         p.answered.add_done_callback(functools.partial(self._sent, p.request_id))
-        while len(self._done) > self.s.aggregator.dedupe_capacity:
+        while len(self._done) > self.settings.aggregator.dedupe_capacity:
             self._done.popitem(last=False)
         return msgs
 
@@ -262,9 +262,9 @@ class Aggregator(DeadLettering):
     async def _watch_deadlines(self) -> None:
         """Answer requests whose deadline passed with what they have, through the actor's
         send path; sleeps until the earliest deadline (or an earlier one arrives)."""
-        tick = self.s.aggregator.tick_ms / 1000
+        tick = self.settings.aggregator.tick_ms / 1000
         while not self._closing.is_set():
-            now = H.now_ms()
+            now = now_ms()
             while self._deadlines and self._deadlines[0][0] <= now:
                 _, rid = heapq.heappop(self._deadlines)
                 p = self._pending.get(rid)
@@ -272,7 +272,7 @@ class Aggregator(DeadLettering):
                     continue
                 spans: list[Span] = []
                 if self.tracer is not None:  # from the last chunk's arrival
-                    taken_ms = H.int_header(p.headers, H.stage_in(self.name)) or H.now_ms()
+                    taken_ms = int_header(p.headers, stage_in(self.name)) or now_ms()
                     spans = self._trace(self.tracer, p, taken_ms * 1_000_000)
                 msgs = self._answer(p, deadline_passed=True)
                 try:
@@ -282,7 +282,7 @@ class Aggregator(DeadLettering):
                         for span in spans:
                             span.set_attribute("adstream.status", p.status)
                             span.end(end_time=sent_ns)
-                    await self._send(msgs, TP(self.s.topics.scores, p.partition))
+                    await self._send(msgs, TP(self.settings.topics.scores, p.partition))
                 except PartitionLost:
                     p.answered.cancel()  # the partition's new owner answers
                     continue
@@ -290,7 +290,7 @@ class Aggregator(DeadLettering):
                     p.answered.set_exception(e)
                     raise
                 p.answered.set_result(None)
-            wait = (self._deadlines[0][0] - H.now_ms()) / 1000 if self._deadlines \
+            wait = (self._deadlines[0][0] - now_ms()) / 1000 if self._deadlines \
                 else 3600.0
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline import headers as H
+from pipeline.headers import CONTENT_TYPE, DEADLINE_MS, ORIGIN, TRACE_ID, carry, int_header, now_ms
 from pipeline.actor import Result
 from pipeline.timeslice import TimeSlice
 from pipeline.tracing import BatchClock, child, current_batch, parent_of
@@ -43,7 +43,7 @@ class FeatureActor(DeadLettering):
     ordered = True
 
     def __init__(self, settings: Settings, pipeline: FeaturePipeline, transport: Transport) -> None:
-        self.s = settings
+        self.settings = settings
         self.pipeline = pipeline
         self.transport = transport
         self._topics_seen: dict[str, bool] = {settings.topics.results: True}
@@ -56,15 +56,15 @@ class FeatureActor(DeadLettering):
         return self._topics_seen[topic]
 
     def reply_topic(self, reply_to: str | None) -> str:
-        return reply_to or self.s.topics.results
+        return reply_to or self.settings.topics.results
 
     async def handle(self, records: Sequence[Record]) -> list[Result]:
         results, live, plan = await self.prepare(records)
         clock = current_batch() if self.tracer is not None else None
         traced = self.trace(self.tracer, clock, records, live, self.parents(live), plan) \
             if self.tracer is not None and clock is not None else []
-        by_user = self.s.features.key == "user"
-        topic, step = self.s.topics.features, self.s.features.chunk_rows
+        by_user = self.settings.features.key == "user"
+        topic, step = self.settings.topics.features, self.settings.features.chunk_rows
         slice_ = TimeSlice()
         for item in live:
             await slice_.check()
@@ -91,7 +91,7 @@ class FeatureActor(DeadLettering):
     def parents(self, live: list[Prepared]) -> list[Context | None]:
         """What each live request's stage span is a child of; None: not traced (a request
         without a traceparent starts a trace at ``tracing.sample_ratio``)."""
-        ratio = self.s.tracing.sample_ratio
+        ratio = self.settings.tracing.sample_ratio
         return [parent_of(item.headers, ratio) for item in live]
 
     def trace(self, tracer: Tracer, clock: BatchClock, records: Sequence[Record],
@@ -123,19 +123,19 @@ class FeatureActor(DeadLettering):
         and ended (epoch ns)."""
         results: list[Result] = [[] for _ in records]
         live: list[Prepared] = []
-        now_ms = H.now_ms()
+        wall_ms = now_ms()
         slice_ = TimeSlice()
         for i, rec in enumerate(records):
             await slice_.check()
             try:
-                made = await self._decode(rec, now_ms)
+                decoded = await self._decode(rec, wall_ms)
             except Exception as e:  # that record's reason, for its dead letter
                 results[i] = e
                 continue
-            if isinstance(made, Outgoing):
-                results[i] = [made]
+            if isinstance(decoded, Outgoing):
+                results[i] = [decoded]
             else:
-                live.append(Prepared(i, made[0], made[1], made[2]))
+                live.append(Prepared(i, *decoded))
         plan_start = plan_end = 0
         if live:
             plan_start = time.time_ns()
@@ -166,15 +166,15 @@ class FeatureActor(DeadLettering):
             p.dense, p.sparse = dense[at:at + n], sparse[at:at + n]
             at += n
 
-    async def _decode(self, record: Record, now_ms: float
+    async def _decode(self, record: Record, wall_ms: float
                       ) -> tuple[ScoreRequest, dict[str, bytes], int] | Outgoing:
         """The request with its output headers and deadline, or its ``expired`` reply."""
-        late = await self._expired_early(record, now_ms)
+        late = await self._expired_early(record, wall_ms)
         if late is not None:
             return late
         try:
-            req = decode(record.value, ScoreRequest, max_bytes=self.s.actor.max_message_bytes,
-                         content_type=record.headers.get(H.CONTENT_TYPE))
+            req = decode(record.value, ScoreRequest, max_bytes=self.settings.actor.max_message_bytes,
+                         content_type=record.headers.get(CONTENT_TYPE))
         except SchemaError as e:
             if e.reply_to:  # learn whether it exists, so `rejected` can answer there
                 await self._topic_exists(e.reply_to)
@@ -183,35 +183,35 @@ class FeatureActor(DeadLettering):
             raise SchemaError("reply_to", f"topic {req.reply_to!r} does not exist",
                               request_id=req.request_id)
         n = req.n_candidates
-        if n > self.s.features.max_candidates:
+        if n > self.settings.features.max_candidates:
             raise SchemaError("candidates", f"{n} candidates exceed the limit of "
-                              f"{self.s.features.max_candidates}", request_id=req.request_id,
+                              f"{self.settings.features.max_candidates}", request_id=req.request_id,
                               reply_to=req.reply_to)
-        deadline = (H.int_header(record.headers, H.DEADLINE_MS) or req.deadline_ms
-                    or record.timestamp_ms + self.s.features.default_timeout_ms)
-        headers = H.carry(record.headers, CHUNK_SCHEMA)
-        headers[H.ORIGIN] = Origin.of(record).header()  # what tells a reused id downstream
-        headers[H.DEADLINE_MS] = str(deadline).encode()
-        headers.setdefault(H.TRACE_ID, req.request_id.encode())
-        if deadline <= now_ms:
+        deadline = (int_header(record.headers, DEADLINE_MS) or req.deadline_ms
+                    or record.timestamp_ms + self.settings.features.default_timeout_ms)
+        headers = carry(record.headers, CHUNK_SCHEMA)
+        headers[ORIGIN] = Origin.of(record).header()  # what tells a reused id downstream
+        headers[DEADLINE_MS] = str(deadline).encode()
+        headers.setdefault(TRACE_ID, req.request_id.encode())
+        if deadline <= wall_ms:
             return self._expired(req.request_id, req.reply_to, n, headers)
         return req, headers, deadline
 
-    async def _expired_early(self, record: Record, now_ms: float) -> Outgoing | None:
+    async def _expired_early(self, record: Record, wall_ms: float) -> Outgoing | None:
         """The ``expired`` reply for a request whose deadline header has passed, read from
         its envelope alone: under overload most of the backlog is shed here, so this path
         skips validating the columns (a tenth of the cost of a full decode)."""
-        deadline = H.int_header(record.headers, H.DEADLINE_MS)
-        if deadline is None or deadline > now_ms:
+        deadline = int_header(record.headers, DEADLINE_MS)
+        if deadline is None or deadline > wall_ms:
             return None
-        addr = peek_request(record.value, max_bytes=self.s.actor.max_message_bytes,
-                            content_type=record.headers.get(H.CONTENT_TYPE))
+        addr = peek_request(record.value, max_bytes=self.settings.actor.max_message_bytes,
+                            content_type=record.headers.get(CONTENT_TYPE))
         if addr is None or (addr.reply_to is not None
                             and not await self._topic_exists(addr.reply_to)):
             return None  # the full decode names what is wrong
         headers = dict(record.headers)
-        headers[H.ORIGIN] = Origin.of(record).header()
-        headers.setdefault(H.TRACE_ID, addr.request_id.encode())
+        headers[ORIGIN] = Origin.of(record).header()
+        headers.setdefault(TRACE_ID, addr.request_id.encode())
         return self._expired(addr.request_id, addr.reply_to, addr.n_candidates, headers)
 
     def _expired(self, request_id: str, reply_to: str | None, n_candidates: int,
@@ -225,7 +225,7 @@ class FeatureActor(DeadLettering):
         """The dead letter, and a ``rejected`` answer when the request can be addressed."""
         out = super().dead_letter(record, error)
         if isinstance(error, SchemaError) and error.request_id:
-            topic = self.s.topics.results
+            topic = self.settings.topics.results
             if error.reply_to and self._topics_seen.get(error.reply_to):
                 topic = error.reply_to
             self.rejected_count += 1

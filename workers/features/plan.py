@@ -20,7 +20,7 @@ from schemas.messages import ScoreRequest
 from schemas.strings import StringColumn, category_ids
 from workers.features.transforms import MISSING, NOT_NUMERIC, column_ids, hash_scalars, mix64, salt
 
-_31 = np.uint64(31)
+_CROSS_MULTIPLIER = np.uint64(31)  # a cross chains its parts as h = mix64(h * 31 + part)
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ class FeaturePlan:
                     part = np.empty((n, k), np.uint64)
                     for j, p in enumerate(parts):
                         part[:, j] = hashed[p[step]]
-                    chain = mix64(chain * _31 + part)
+                    chain = mix64(chain * _CROSS_MULTIPLIER + part)
             sparse[:, ids.columns] = ids.bucket(chain)
             for j, s in enumerate(ids.specs):
                 hashed[s.name] = chain[:, j]

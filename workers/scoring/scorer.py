@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 
-from pipeline import headers as H
+from pipeline.headers import carry, now_ms
 from pipeline.actor import Result, Send
 from pipeline.admin import AdminHandler
 from pipeline.batcher import DynamicBatcher, Timing
@@ -60,7 +60,7 @@ class ScoringWorker(DeadLettering):
 
     def __init__(self, settings: Settings, models: ModelVersions, n_dense: int,
                  n_sparse: int) -> None:
-        self.s = settings
+        self.settings = settings
         self.models = models
         self.n_dense = n_dense
         self.n_sparse = n_sparse
@@ -82,8 +82,8 @@ class ScoringWorker(DeadLettering):
         self.models.start(tg)
         for extra in sorted(self.models.extra):  # the A/B and shadow versions
             await self.models.load(extra)
-        if self.s.scorer.poll_s > 0:
-            tg.create_task(self.models.poll(self.s.scorer.poll_s))
+        if self.settings.scorer.poll_s > 0:
+            tg.create_task(self.models.poll(self.settings.scorer.poll_s))
 
     async def close(self) -> None:
         if self.shadow is not None:
@@ -119,8 +119,8 @@ class ScoringWorker(DeadLettering):
     async def handle(self, records: Sequence[Record]) -> list[Result]:
         results: list[Result] = [[] for _ in records]
         live: list[tuple[int, FeatureChunk]] = []
-        now_ms = H.now_ms()
-        limit = self.s.actor.max_message_bytes
+        wall_ms = now_ms()
+        limit = self.settings.actor.max_message_bytes
         slice_ = TimeSlice()
         for i, rec in enumerate(records):
             await slice_.check()
@@ -130,7 +130,7 @@ class ScoringWorker(DeadLettering):
             except Exception as e:  # that record's reason, for its dead letter
                 results[i] = e
                 continue
-            if chunk.deadline_ms is not None and chunk.deadline_ms <= now_ms:
+            if chunk.deadline_ms is not None and chunk.deadline_ms <= wall_ms:
                 self.expired += 1
                 results[i] = [self._output(rec, chunk, None)]
             else:
@@ -202,8 +202,8 @@ class ScoringWorker(DeadLettering):
             for g in _group([parts[i] for i in members], self.batcher.max_rows):
                 groups.append([(members[j], lo, hi) for j, lo, hi in g])
                 targets.append(arm)
-        now_ms, now = H.now_ms(), time.monotonic()
-        outs = await asyncio.gather(*(self._submit(parts, g, now_ms, now, arm, timed)
+        wall_ms, now = now_ms(), time.monotonic()
+        outs = await asyncio.gather(*(self._submit(parts, g, wall_ms, now, arm, timed)
                                       for g, arm in zip(groups, targets, strict=True)))
         pieces: list[list[np.ndarray]] = [[] for _ in parts]
         versions = [0] * len(parts)
@@ -222,12 +222,12 @@ class ScoringWorker(DeadLettering):
             timings
 
     async def _submit(self, parts: Sequence[Rows], group: list[tuple[int, int, int]],
-                      now_ms: float, now: float, arm: int | None = None, timed: bool = False
+                      wall_ms: float, now: float, arm: int | None = None, timed: bool = False
                       ) -> tuple[np.ndarray, int, Timing | None]:
         dense = [parts[i].dense[lo:hi] for i, lo, hi in group]
         sparse = [parts[i].sparse[lo:hi] for i, lo, hi in group]
         deadlines = [d for i, _, _ in group if (d := parts[i].deadline_ms) is not None]
-        deadline = now + (min(deadlines) - now_ms) / 1000 if deadlines else None
+        deadline = now + (min(deadlines) - wall_ms) / 1000 if deadlines else None
         priority, count = parts[group[0][0]].priority, len({i for i, _, _ in group})
         out, version, timing = await self.models.submit(
             dense, sparse, version=arm, timed=timed, deadline=deadline, priority=priority,
@@ -264,9 +264,9 @@ class ScoringWorker(DeadLettering):
             n_candidates=chunk.n_candidates, top_k=chunk.top_k, reply_to=chunk.reply_to,
             deadline_ms=chunk.deadline_ms, status=status, ad_id=ad_id, bid=bid, score=score,
             model=self.models.name if version else None, model_version=version or None)
-        key = record.key if self.s.features.key == "user" else chunk.request_id.encode()
-        return Outgoing(self.s.topics.scores, encode(out), key=key,
-                        headers=H.carry(record.headers, SCORE_SCHEMA))
+        key = record.key if self.settings.features.key == "user" else chunk.request_id.encode()
+        return Outgoing(self.settings.topics.scores, encode(out), key=key,
+                        headers=carry(record.headers, SCORE_SCHEMA))
 
     @staticmethod
     def _finite(live: list[tuple[int, FeatureChunk]], results: list[Result]
