@@ -22,12 +22,11 @@ import msgpack
 
 from pipeline import headers as H
 from pipeline import runner
-from pipeline.cli import settings_from_args
 from pipeline.transport import Outgoing, Record, Transport
 from schemas.encoding import wants_json
 from schemas.errors import SchemaError
 from schemas.messages import DeadLetter, ScoreResult, decode
-from workers.settings import Settings
+from tools.commands.settings import settings
 
 REDRIVEN_FROM = "redriven_from"  # header on a redriven message: the dead letter it came from
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -205,10 +204,6 @@ def redrive_message(rec: Record, dl: DeadLetter, topic: str, deadline_ms: int | 
 # ---- commands -----------------------------------------------------------------------------------
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return settings_from_args(Settings, args)
-
-
 def _guard(name: str, go: Any) -> int:
     try:
         return int(runner.run(go))
@@ -220,7 +215,7 @@ def _guard(name: str, go: Any) -> int:
 def cmd_dlq_show(args: argparse.Namespace) -> int:
     from workers.roles import transport_for
 
-    s = _settings(args)
+    s = settings(args)
     topic = args.topic or s.topics.dlq
 
     async def go(stop: asyncio.Event) -> int:
@@ -238,7 +233,7 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
 def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     from workers.roles import transport_for
 
-    s = _settings(args)
+    s = settings(args)
     topic = args.topic or s.topics.dlq
 
     async def go(stop: asyncio.Event) -> int:
@@ -278,7 +273,7 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
 def cmd_results_tail(args: argparse.Namespace) -> int:
     from workers.roles import transport_for
 
-    s = _settings(args)
+    s = settings(args)
     topic = args.topic or s.topics.results
 
     async def go(stop: asyncio.Event) -> int:
