@@ -13,7 +13,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -212,25 +212,10 @@ def _guard(name: str, go: Any) -> int:
         return 2
 
 
-def cmd_dlq_show(args: argparse.Namespace) -> int:
-    from workers.roles import transport_for
-
-    s = settings(args)
-    topic = args.topic or s.topics.dlq
-
-    async def go(stop: asyncio.Event) -> int:
-        chosen = Selection.from_args(args, H.now_ms())
-        found = dead_letters(await read_all(transport_for(s), topic), chosen)
-        for shown, (rec, dl) in enumerate(found, 1):
-            print(json.dumps(dead_letter_json(rec, dl)), flush=True)
-            if args.limit and shown >= args.limit:
-                break
-        return 0
-
-    return _guard("dlq show", go)
-
-
-def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+def _on_dlq(args: argparse.Namespace, name: str,
+            act: Callable[[Transport, str, Selection, int], Awaitable[int]]) -> int:
+    """Run ``act(transport, dlq topic, the selection of args, now in ms)``: the steps
+    ``dlq show`` and ``dlq redrive`` share."""
     from workers.roles import transport_for
 
     s = settings(args)
@@ -238,11 +223,28 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
 
     async def go(stop: asyncio.Event) -> int:
         now = H.now_ms()
-        chosen = Selection.from_args(args, now)
+        return await act(transport_for(s), topic, Selection.from_args(args, now), now)
+
+    return _guard(name, go)
+
+
+def cmd_dlq_show(args: argparse.Namespace) -> int:
+    async def show(transport: Transport, topic: str, chosen: Selection, now: int) -> int:
+        found = dead_letters(await read_all(transport, topic), chosen)
+        for shown, (rec, dl) in enumerate(found, 1):
+            print(json.dumps(dead_letter_json(rec, dl)), flush=True)
+            if args.limit and shown >= args.limit:
+                break
+        return 0
+
+    return _on_dlq(args, "dlq show", show)
+
+
+def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    async def redrive(transport: Transport, topic: str, chosen: Selection, now: int) -> int:
         if chosen.empty and not args.all:
             raise OperatorError("choose dead letters (--offset, --reason, --stage, --since, "
                                 "--until, --source-topic) or give --all")
-        transport = transport_for(s)
         picked = list(dead_letters(await read_all(transport, topic), chosen))
         deadline = now + args.deadline_ms if args.deadline_ms else None
         msgs = [(rec, dl, redrive_message(rec, dl, args.to or dl.source_topic, deadline))
@@ -267,7 +269,7 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
         print(f"{verb} {len(msgs)} dead letter(s) from {topic}", file=sys.stderr)
         return 0
 
-    return _guard("dlq redrive", go)
+    return _on_dlq(args, "dlq redrive", redrive)
 
 
 def cmd_results_tail(args: argparse.Namespace) -> int:
