@@ -26,6 +26,7 @@ from pipeline.transport import Outgoing, Record, Transport
 from schemas.encoding import wants_json
 from schemas.errors import SchemaError
 from schemas.messages import DeadLetter, ScoreResult, decode
+from tools.commands.group import command_group
 from tools.commands.settings import settings
 
 REDRIVEN_FROM = "redriven_from"  # header on a redriven message: the dead letter it came from
@@ -332,8 +333,7 @@ def _selection_flags(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
-    dlq = sub.add_parser("dlq", help="show dead letters; send them back (redrive)")
-    dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
+    dsub = command_group(sub, "dlq", "show dead letters; send them back (redrive)")
     show = dsub.add_parser("show", parents=[common],
                            help="dead letters as JSON lines (decoded), oldest first per "
                                 "partition")
@@ -356,8 +356,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     redrive.add_argument("--dry-run", action="store_true", help="print what would be sent")
     redrive.set_defaults(func=cmd_dlq_redrive)
 
-    results = sub.add_parser("results", help="read ScoreResults")
-    rsub = results.add_subparsers(dest="results_command", required=True, metavar="COMMAND")
+    rsub = command_group(sub, "results", "read ScoreResults")
     tail = rsub.add_parser("tail", parents=[common],
                            help="decoded results as JSON lines, following new ones")
     tail.add_argument("--topic", default=None, help="results topic (default topics.results)")

@@ -13,6 +13,7 @@ from schemas.errors import SchemaError
 from schemas.json_form import request_from_json
 from schemas.messages import ScoreRequest
 from tools.commands.request_files import read_requests
+from tools.commands.group import command_group
 from tools.commands.settings import settings
 
 
@@ -110,8 +111,7 @@ def cmd_model_admin(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
-    model = sub.add_parser("model", help="the model repository")
-    msub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
+    msub = command_group(sub, "model", "the model repository")
     build = msub.add_parser("build", parents=[common],
                             help="write the reference DLRM-style CTR model (ONNX)")
     build.add_argument("--repo", default=None, help="model repository (default scorer.model_repo)")

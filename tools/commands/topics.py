@@ -6,6 +6,7 @@ import argparse
 import asyncio
 
 from pipeline import runner
+from tools.commands.group import command_group
 from tools.commands.settings import settings
 
 
@@ -36,8 +37,7 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
-    topics = sub.add_parser("topics", help="manage adstream's Kafka topics")
-    tsub = topics.add_subparsers(dest="topics_command", required=True, metavar="COMMAND")
+    tsub = command_group(sub, "topics", "manage adstream's Kafka topics")
     create = tsub.add_parser("create", parents=[common],
                              help="create the six topics (idempotent)")
     create.add_argument("--partitions", type=int, default=None,
