@@ -13,21 +13,21 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
 
-from pipeline import headers as H
+from pipeline.headers import CONTENT_TYPE, DEADLINE_MS, ORIGIN, STAGE_PREFIX, TRACE_ID, now_ms
 from pipeline import runner
-from pipeline.cli import settings_from_args
 from pipeline.transport import Outgoing, Record, Transport
 from schemas.encoding import wants_json
 from schemas.errors import SchemaError
 from schemas.messages import DeadLetter, ScoreResult, decode
-from workers.settings import Settings
+from tools.commands.group import command_group
+from tools.commands.settings import settings
 
 REDRIVEN_FROM = "redriven_from"  # header on a redriven message: the dead letter it came from
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -96,12 +96,12 @@ def dead_letter_json(rec: Record, dl: DeadLetter) -> dict[str, Any]:
         "key": bytes_json(dl.key),
         "headers": {k: bytes_json(v) for k, v in dl.headers.items()},
         "value_bytes": len(dl.value),
-        "value": value_json(dl.value, dl.headers.get(H.CONTENT_TYPE)),
+        "value": value_json(dl.value, dl.headers.get(CONTENT_TYPE)),
     }
 
 
 def result_json(rec: Record, res: ScoreResult) -> dict[str, Any]:
-    trace = rec.headers.get(H.TRACE_ID)
+    trace = rec.headers.get(TRACE_ID)
     return {"where": rec.where(), "trace_id": trace.decode("utf-8", "replace") if trace
             else None, **res.to_json()}
 
@@ -109,14 +109,14 @@ def result_json(rec: Record, res: ScoreResult) -> dict[str, Any]:
 # ---- choosing dead letters ---------------------------------------------------------------------
 
 
-def parse_time(text: str, now_ms: int) -> int:
+def parse_time(text: str, at_ms: int) -> int:
     """Epoch ms from ``1700000000000``, ``2026-01-31T12:00:00Z`` or an age (``15m``, ``2h``)."""
     t = text.strip()
     if t.isdigit():
         return int(t)
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", t)
     if m:
-        return now_ms - int(float(m.group(1)) * _UNITS_MS[m.group(2)])
+        return at_ms - int(float(m.group(1)) * _UNITS_MS[m.group(2)])
     try:
         dt = datetime.fromisoformat(t)
     except ValueError:
@@ -146,11 +146,11 @@ class Selection:
     positions: frozenset[tuple[int, int]] = frozenset()
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, now_ms: int) -> Selection:
+    def from_args(cls, args: argparse.Namespace, at_ms: int) -> Selection:
         return cls(
             reason=args.reason, stage=args.stage,
-            since_ms=parse_time(args.since, now_ms) if args.since else None,
-            until_ms=parse_time(args.until, now_ms) if args.until else None,
+            since_ms=parse_time(args.since, at_ms) if args.since else None,
+            until_ms=parse_time(args.until, at_ms) if args.until else None,
             source_topic=args.source_topic,
             positions=frozenset(parse_position(p) for p in getattr(args, "offset", []) or []))
 
@@ -195,18 +195,14 @@ def redrive_message(rec: Record, dl: DeadLetter, topic: str, deadline_ms: int | 
                     ) -> Outgoing:
     """The original bytes, key and headers, less the failed attempt's stage stamps."""
     headers = {k: v for k, v in dl.headers.items()
-               if not k.startswith(H.STAGE_PREFIX) and k != H.ORIGIN}
+               if not k.startswith(STAGE_PREFIX) and k != ORIGIN}
     if deadline_ms is not None:
-        headers[H.DEADLINE_MS] = str(deadline_ms).encode()
+        headers[DEADLINE_MS] = str(deadline_ms).encode()
     headers[REDRIVEN_FROM] = rec.where().encode()
     return Outgoing(topic, dl.value, key=dl.key, headers=headers)
 
 
 # ---- commands -----------------------------------------------------------------------------------
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    return settings_from_args(Settings, args)
 
 
 def _guard(name: str, go: Any) -> int:
@@ -217,37 +213,39 @@ def _guard(name: str, go: Any) -> int:
         return 2
 
 
-def cmd_dlq_show(args: argparse.Namespace) -> int:
+def _on_dlq(args: argparse.Namespace, name: str,
+            act: Callable[[Transport, str, Selection, int], Awaitable[int]]) -> int:
+    """Run ``act(transport, dlq topic, the selection of args, now in ms)``: the steps
+    ``dlq show`` and ``dlq redrive`` share."""
     from workers.roles import transport_for
 
-    s = _settings(args)
+    s = settings(args)
     topic = args.topic or s.topics.dlq
 
     async def go(stop: asyncio.Event) -> int:
-        chosen = Selection.from_args(args, H.now_ms())
-        found = dead_letters(await read_all(transport_for(s), topic), chosen)
+        now = now_ms()
+        return await act(transport_for(s), topic, Selection.from_args(args, now), now)
+
+    return _guard(name, go)
+
+
+def cmd_dlq_show(args: argparse.Namespace) -> int:
+    async def show(transport: Transport, topic: str, chosen: Selection, now: int) -> int:
+        found = dead_letters(await read_all(transport, topic), chosen)
         for shown, (rec, dl) in enumerate(found, 1):
             print(json.dumps(dead_letter_json(rec, dl)), flush=True)
             if args.limit and shown >= args.limit:
                 break
         return 0
 
-    return _guard("dlq show", go)
+    return _on_dlq(args, "dlq show", show)
 
 
 def cmd_dlq_redrive(args: argparse.Namespace) -> int:
-    from workers.roles import transport_for
-
-    s = _settings(args)
-    topic = args.topic or s.topics.dlq
-
-    async def go(stop: asyncio.Event) -> int:
-        now = H.now_ms()
-        chosen = Selection.from_args(args, now)
+    async def redrive(transport: Transport, topic: str, chosen: Selection, now: int) -> int:
         if chosen.empty and not args.all:
             raise OperatorError("choose dead letters (--offset, --reason, --stage, --since, "
                                 "--until, --source-topic) or give --all")
-        transport = transport_for(s)
         picked = list(dead_letters(await read_all(transport, topic), chosen))
         deadline = now + args.deadline_ms if args.deadline_ms else None
         msgs = [(rec, dl, redrive_message(rec, dl, args.to or dl.source_topic, deadline))
@@ -272,13 +270,13 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
         print(f"{verb} {len(msgs)} dead letter(s) from {topic}", file=sys.stderr)
         return 0
 
-    return _guard("dlq redrive", go)
+    return _on_dlq(args, "dlq redrive", redrive)
 
 
 def cmd_results_tail(args: argparse.Namespace) -> int:
     from workers.roles import transport_for
 
-    s = _settings(args)
+    s = settings(args)
     topic = args.topic or s.topics.results
 
     async def go(stop: asyncio.Event) -> int:
@@ -295,7 +293,7 @@ def cmd_results_tail(args: argparse.Namespace) -> int:
             nonlocal shown
             for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
                 try:
-                    res = decode(rec.value, ScoreResult, content_type=rec.headers.get(H.CONTENT_TYPE))
+                    res = decode(rec.value, ScoreResult, content_type=rec.headers.get(CONTENT_TYPE))
                 except SchemaError as e:
                     print(f"adstream results tail: {rec.where()}: {e}", file=sys.stderr)
                     continue
@@ -335,8 +333,7 @@ def _selection_flags(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
-    dlq = sub.add_parser("dlq", help="show dead letters; send them back (redrive)")
-    dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
+    dsub = command_group(sub, "dlq", "show dead letters; send them back (redrive)")
     show = dsub.add_parser("show", parents=[common],
                            help="dead letters as JSON lines (decoded), oldest first per "
                                 "partition")
@@ -359,8 +356,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     redrive.add_argument("--dry-run", action="store_true", help="print what would be sent")
     redrive.set_defaults(func=cmd_dlq_redrive)
 
-    results = sub.add_parser("results", help="read ScoreResults")
-    rsub = results.add_subparsers(dest="results_command", required=True, metavar="COMMAND")
+    rsub = command_group(sub, "results", "read ScoreResults")
     tail = rsub.add_parser("tail", parents=[common],
                            help="decoded results as JSON lines, following new ones")
     tail.add_argument("--topic", default=None, help="results topic (default topics.results)")

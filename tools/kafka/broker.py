@@ -10,6 +10,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tools.kafka.broker_config import (
     SaslSslListener,
@@ -66,23 +67,33 @@ class LocalBroker:
         return f"127.0.0.1:{self.sasl_ssl_port}" if self.sasl_ssl_port else None
 
 
-def wait_ready(broker: LocalBroker, timeout_s: float) -> None:
+def _await_answer(broker: LocalBroker, timeout_s: float) -> bool | None:
+    """Poll until ``broker`` answers (True) or its process exits (False); None when
+    ``timeout_s`` passes first."""
     deadline = time.monotonic() + timeout_s
-    log = broker.data_dir / LOG_FILE
     while True:
         if not pid_alive(broker.pid):
-            raise KafkaSetupError(
-                f"the Kafka broker (pid {broker.pid}) exited during startup.\n"
-                f"Last lines of {log}:\n{file_tail(log)}"
-            )
+            return False
         left = deadline - time.monotonic()
         if left <= 0:
-            break
+            return None
         if port_open(broker.port) and run_sync(
             broker_answers(broker.bootstrap, timeout_s=min(5.0, max(left, 0.5)))
         ):
-            return
+            return True
         time.sleep(0.1)
+
+
+def wait_ready(broker: LocalBroker, timeout_s: float) -> None:
+    answered = _await_answer(broker, timeout_s)
+    if answered:
+        return
+    log = broker.data_dir / LOG_FILE
+    if answered is False:
+        raise KafkaSetupError(
+            f"the Kafka broker (pid {broker.pid}) exited during startup.\n"
+            f"Last lines of {log}:\n{file_tail(log)}"
+        )
     kill_group(broker.pid)
     raise KafkaSetupError(
         f"the Kafka broker at {broker.bootstrap} did not answer within {timeout_s:.0f}s and was "
@@ -90,29 +101,41 @@ def wait_ready(broker: LocalBroker, timeout_s: float) -> None:
     )
 
 
-
-def _running_broker(data_dir: Path, timeout_s: float) -> LocalBroker | None:
-    """The broker recorded in ``data_dir/broker.json`` if that process is still running."""
+def _recorded_pid(data_dir: Path) -> tuple[dict[str, Any], int] | None:
+    """``data_dir/broker.json`` and its pid, if that process is still our broker."""
     state = read_state(data_dir)
     if state is None:
         return None
     pid = int(state.get("pid", 0))
     if not is_our_broker(pid, data_dir):
         return None
+    return state, pid
+
+
+def _running_broker(data_dir: Path, timeout_s: float) -> LocalBroker | None:
+    """The broker recorded in ``data_dir/broker.json`` if that process is still running."""
+    recorded = _recorded_pid(data_dir)
+    if recorded is None:
+        return None
+    state, pid = recorded
     broker = LocalBroker(data_dir, int(state["port"]), int(state["controller_port"]), pid,
                          state.get("sasl_ssl_port"))
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:  # it may still be starting (another process)
-        if run_sync(broker_answers(broker.bootstrap, timeout_s=5)):
-            return broker
-        if not pid_alive(pid):
-            return None
-        time.sleep(0.2)
-    raise KafkaSetupError(
-        f"a Kafka broker (pid {pid}) is running for {data_dir} but does not answer at "
-        f"{broker.bootstrap}; stop it with `adstream kafka stop --data-dir {data_dir}`.\n"
-        f"Last lines of its log:\n{file_tail(data_dir / LOG_FILE)}"
-    )
+    answered = _await_answer(broker, timeout_s)  # it may still be starting (another process)
+    if answered is None:
+        raise KafkaSetupError(
+            f"a Kafka broker (pid {pid}) is running for {data_dir} but does not answer at "
+            f"{broker.bootstrap}; stop it with `adstream kafka stop --data-dir {data_dir}`.\n"
+            f"Last lines of its log:\n{file_tail(data_dir / LOG_FILE)}"
+        )
+    return broker if answered else None
+
+
+def _port_or_free(wanted: int, taken: set[int]) -> int:
+    """``wanted`` (a recorded or asked-for port) if it is set, not taken and free on loopback;
+    otherwise a free one."""
+    if wanted and wanted not in taken and port_free(wanted):
+        return wanted
+    return free_port(exclude=taken)
 
 
 def start_broker(
@@ -157,15 +180,11 @@ def start_broker(
                 f"port {port} on 127.0.0.1 is already in use by another process; choose "
                 f"another port or stop what listens there."
             )
-        controller_port = int(state.get("controller_port", 0))
-        if not controller_port or controller_port == port or not port_free(controller_port):
-            controller_port = free_port(exclude={port})
+        controller_port = _port_or_free(int(state.get("controller_port", 0)), {port})
         sasl_ssl_port = None
         if sasl_ssl is not None:
-            taken = {port, controller_port}
-            sasl_ssl_port = sasl_ssl.port or int(state.get("sasl_ssl_port") or 0)
-            if not sasl_ssl_port or sasl_ssl_port in taken or not port_free(sasl_ssl_port):
-                sasl_ssl_port = free_port(exclude=taken)
+            sasl_ssl_port = _port_or_free(
+                sasl_ssl.port or int(state.get("sasl_ssl_port") or 0), {port, controller_port})
         return launch(data_dir, port, controller_port, timeout_s, heap, extra_config,
                        sasl_ssl=sasl_ssl, sasl_ssl_port=sasl_ssl_port)
 
@@ -216,7 +235,6 @@ def launch(
     return broker
 
 
-
 def stop_broker(data_dir: Path, *, timeout_s: float = 30) -> bool:
     """Stop the broker recorded in ``data_dir/broker.json``: SIGTERM, then SIGKILL.
 
@@ -225,12 +243,10 @@ def stop_broker(data_dir: Path, *, timeout_s: float = 30) -> bool:
     start reuses) are kept.
     """
     data_dir = Path(data_dir).expanduser().resolve()
-    state = read_state(data_dir)
-    if state is None:
+    recorded = _recorded_pid(data_dir)
+    if recorded is None:
         return False
-    pid = int(state.get("pid", 0))
-    if not is_our_broker(pid, data_dir):
-        return False
+    _, pid = recorded
     kill(pid, signal.SIGTERM)
     if not wait_exit(pid, timeout_s):
         kill_group(pid)
