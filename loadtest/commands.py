@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from loadtest.generate import generate, parse_distribution, write_jsonl
-from loadtest.run_commands import add_replay, add_sweep, fail, print_run, settings_of
+from loadtest.run_commands import add_parsers, fail, print_run, settings_of
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -129,8 +129,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     rec.add_argument("--requests", type=int, default=None, help="stop after this many")
     rec.set_defaults(func=cmd_record)
 
-    add_replay(lsub, common)
-    add_sweep(lsub, common)
+    add_parsers(lsub, common)  # replay, sweep
 
     sc = lsub.add_parser("string-cost", parents=[common],
                          help="CPU per request with string categoricals ÷ with integer ids "

@@ -213,8 +213,9 @@ def _pipeline_flags(p: argparse.ArgumentParser) -> None:
                         "(repeatable; shown with the configuration in the report)")
 
 
-def add_replay(lsub: argparse._SubParsersAction[argparse.ArgumentParser],
-               common: argparse.ArgumentParser) -> None:
+def add_parsers(lsub: argparse._SubParsersAction[argparse.ArgumentParser],
+                common: argparse.ArgumentParser) -> None:
+    """The parsers of ``loadtest replay`` and ``loadtest sweep``."""
     rep = lsub.add_parser(
         "replay", parents=[common],
         help="send requests open-loop at their intended times and measure the answers",
@@ -239,9 +240,6 @@ def add_replay(lsub: argparse._SubParsersAction[argparse.ArgumentParser],
     _pipeline_flags(rep)
     rep.set_defaults(func=cmd_replay)
 
-
-def add_sweep(lsub: argparse._SubParsersAction[argparse.ArgumentParser],
-              common: argparse.ArgumentParser) -> None:
     sw = lsub.add_parser(
         "sweep", parents=[common],
         help="find the highest rate whose p99 meets a bound with no growing backlog",
