@@ -17,7 +17,7 @@ from typing import NamedTuple
 import structlog
 
 from loadtest.traffic import ID_LEN
-from pipeline import headers as H
+from pipeline.headers import CONTENT_TYPE
 from pipeline.transport.base import Consumer, Record, Transport
 from schemas.errors import SchemaError
 from schemas.messages import ScoreResult, decode
@@ -78,7 +78,7 @@ class AnswerReader:
             await consumer.stop()
 
     def _take(self, rec: Record, now: float) -> None:
-        peek = peek_result(rec.value, content_type=rec.headers.get(H.CONTENT_TYPE))
+        peek = peek_result(rec.value, content_type=rec.headers.get(CONTENT_TYPE))
         if peek is None:
             self._unreadable(rec)
             return
@@ -100,7 +100,7 @@ class AnswerReader:
     def _unreadable(self, rec: Record) -> None:
         self.unreadable += 1
         try:
-            decode(rec.value, ScoreResult, content_type=rec.headers.get(H.CONTENT_TYPE))
+            decode(rec.value, ScoreResult, content_type=rec.headers.get(CONTENT_TYPE))
             reason = "the result's envelope is not right"
         except SchemaError as e:
             reason = str(e)

@@ -38,11 +38,12 @@ from typing import Any
 import numpy as np
 
 from loadtest import arrivals, environment
+from loadtest.plans import BenchPlan, RunOptions
 from loadtest.model_limit import RowHistogram, limit, parse_row_histogram
 from loadtest.processes import CpuMeter, WorkerSet, listening_pid, rss_bytes
 from loadtest.replay import STATUSES
-from loadtest.run import RunOptions, measure, replay_target, run_document
-from loadtest.sweep import SweepPlan, steps_table, sweep
+from loadtest.run import measure, replay_target, run_document
+from loadtest.sweep import steps_table, sweep
 from loadtest.target import ensure_model, open_target
 from loadtest.traffic import Traffic
 from pipeline.config import amended
@@ -56,65 +57,6 @@ BROKER = "broker"
 # the batch-runtime issue's goals: the ratio by topology, the generator's CPU per request
 TARGETS = {"ratio_fused": 0.7, "ratio_three_hops": 0.5, "steady_p99_ms": 20.0,
            "rss_growth": 1.5, "recovery_s": 10.0, "generator_ms": 0.1}
-
-
-@dataclass(frozen=True)
-class BenchPlan:
-    candidates: int = 100
-    requests: int = 2000  # distinct generated requests, cycled
-    deadline_ms: int = 100  # each request's deadline after its intended send time
-    slo_p99_ms: float = 50.0
-    start_rate: float = 100.0
-    step_s: float = 10.0
-    warmup_s: float = 2.0
-    precision: float = 0.1
-    max_steps: int = 12
-    steady_fraction: float = 0.6
-    steady_s: float = 20.0
-    overload_factor: float = 5.0
-    overload_s: float = 60.0  # 0: skip the overload phase
-    recovery_s: float = 20.0
-    recovery_window_s: float = 1.0
-    limit_s: float = 1.0  # seconds of model timing per batch size
-    warm_s: float = 10.0  # traffic at the start rate before anything is measured (JIT, caches)
-    partitions: int = 4
-    fused: bool = False
-    batch_ms: float = 0.0  # the load generator sends due requests in bursts this often
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.candidates >= 1, f"--candidates must be ≥ 1, got {self.candidates}"),
-            (self.requests >= 1, f"--requests must be ≥ 1, got {self.requests}"),
-            (self.deadline_ms > 0, f"--deadline-ms must be > 0, got {self.deadline_ms}"),
-            (self.slo_p99_ms > 0, f"--slo-p99-ms must be > 0, got {self.slo_p99_ms:g}"),
-            (0 < self.steady_fraction <= 1,
-             f"--steady-fraction must be in (0, 1], got {self.steady_fraction:g}"),
-            (self.steady_s > 0, f"--steady-s must be > 0, got {self.steady_s:g}"),
-            (self.overload_s >= 0, f"--overload-s must be ≥ 0, got {self.overload_s:g}"),
-            (self.overload_factor > 1,
-             f"--overload-factor must be > 1, got {self.overload_factor:g}"),
-            (self.recovery_s > self.recovery_window_s,
-             f"--recovery-s must be longer than {self.recovery_window_s:g} s"),
-            (self.limit_s > 0, f"--limit-s must be > 0, got {self.limit_s:g}"),
-            (self.warm_s >= 0, f"--warm-s must be ≥ 0, got {self.warm_s:g}"),
-            (self.partitions >= 1, f"--partitions must be ≥ 1, got {self.partitions}"),
-            (0 <= self.batch_ms <= 1000,
-             f"--batch-ms must be in [0, 1000], got {self.batch_ms:g}"),
-            (self.warmup_s < self.step_s,
-             f"--warmup {self.warmup_s:g} s must be shorter than --step-s {self.step_s:g} s"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-    @property
-    def roles(self) -> tuple[str, ...]:
-        return topology(self.fused).roles
-
-    def sweep_plan(self) -> SweepPlan:
-        return SweepPlan(start_rate=self.start_rate, step_s=self.step_s,
-                         precision=self.precision, max_steps=self.max_steps, seed=self.seed)
 
 
 class BenchError(RuntimeError):

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from loadtest import arrivals, environment
-from loadtest.bench import BenchError, BenchPlan, bench_settings, broker_for
+from loadtest.bench import BenchError, bench_settings, broker_for
 from loadtest.generate import generate, write_jsonl
 from loadtest.processes import CpuMeter
-from loadtest.run import RunOptions, replay_target, run_document, short_gc_pauses
+from loadtest.plans import BenchPlan, RunOptions
+from loadtest.run import replay_target, run_document, short_gc_pauses
 from loadtest.target import Target
 from loadtest.traffic import Traffic
 from pipeline.config import amended

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from pipeline import headers as H
+from pipeline.headers import carry, now_ms, stage_stamps
 from pipeline.transport import Outgoing, Transport, open_transport
 from schemas.messages import ScoreResult, encode, peek_request, schema_name
 
@@ -33,7 +33,7 @@ def answer(value: bytes, headers: dict[str, bytes], received_ms: int,
     res = ScoreResult(addr.request_id, "ok", ad_id=np.arange(k, dtype=np.int64),
                       bid=np.ones(k, np.float32), score=np.full(k, 0.5, np.float32),
                       n_candidates=addr.n_candidates, n_scored=addr.n_candidates)
-    out = H.carry(headers, RESULT_SCHEMA) | H.stage_stamps("fused", received_ms)
+    out = carry(headers, RESULT_SCHEMA) | stage_stamps("fused", received_ms)
     return Outgoing(addr.reply_to or results_topic, encode(res),
                     key=addr.request_id.encode(), headers=out)
 
@@ -51,7 +51,7 @@ async def echo(transport: Transport, requests_topic: str, results_topic: str,
             ready.set()
         while not stop.is_set():
             batch = await consumer.getmany(50, 10_000)
-            now = H.now_ms()
+            now = now_ms()
             for records in batch.values():
                 for rec in records:
                     out = answer(rec.value, rec.headers, now, results_topic)

@@ -30,14 +30,14 @@ from hdrh.histogram import HdrHistogram
 
 from loadtest.arrivals import Schedule
 from loadtest.system import Answer, System
-from pipeline import headers as H
+from pipeline.headers import SENT_MS, STAGE_PREFIX, now_ms
 
 STATUSES = ("ok", "partial", "expired", "rejected", "error")
 ANSWERED = ("ok", "partial", "expired", "rejected")  # a result arrived (with its latency)
 _CODE = {s: i for i, s in enumerate(STATUSES)}
 ERROR = _CODE["error"]
 NONE = -1
-STAMPS = (H.SENT_MS, *(f"{H.STAGE_PREFIX}{s}.{edge}" for s in
+STAMPS = (SENT_MS, *(f"{STAGE_PREFIX}{s}.{edge}" for s in
                        ("features", "scorer", "aggregator", "fused")
                        for edge in ("in", "out")))
 
@@ -207,7 +207,7 @@ async def replay(
     await system.start(m.on_answer)
     try:
         m.t0 = time.monotonic() + LEAD_S
-        m.wall0_ms = H.now_ms() + LEAD_S * 1000.0
+        m.wall0_ms = now_ms() + LEAD_S * 1000.0
         if deadline_ms is None:
             deadlines: list[int | None] = [None] * n
         else:

@@ -12,7 +12,6 @@ import datetime
 import gc
 import json
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from loadtest import environment
 from loadtest.arrivals import Schedule
+from loadtest.plans import RunOptions
 from loadtest.replay import Measurement, ProgressSink, replay
 from loadtest.summary import summarize
 from loadtest.system import TransportSystem
@@ -29,15 +29,6 @@ from loadtest.traffic import Traffic
 RUN_KIND = "adstream.loadtest.run"
 SWEEP_KIND = "adstream.loadtest.sweep"
 DOC_VERSION = 1
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    warmup_s: float = 0.0
-    timeout_s: float = 10.0
-    deadline_ms: int | None = None  # per request, from its intended send time; None: the file's
-    slo_p99_ms: float | None = None
-    batch_ms: float = 0.0  # send due requests in bursts at most this often (0: each on time)
 
 
 def short_gc_pauses() -> None:

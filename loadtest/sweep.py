@@ -15,12 +15,13 @@ import datetime
 import gc
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Protocol
 
 from loadtest import arrivals
+from loadtest.plans import RunOptions, SweepPlan
 from loadtest.progress import Progress
-from loadtest.run import DOC_VERSION, SWEEP_KIND, RunOptions, describe, measure, traffic_info
+from loadtest.run import DOC_VERSION, SWEEP_KIND, describe, measure, traffic_info
 from loadtest.target import open_target
 from loadtest.traffic import Traffic
 from workers.settings import Settings
@@ -35,35 +36,6 @@ class StepProbe(Protocol):
     async def begin(self) -> None: ...
 
     async def end(self) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    start_rate: float = 50.0
-    max_rate: float = 100_000.0
-    factor: float = 2.0
-    step_s: float = 10.0
-    precision: float = 0.1
-    max_steps: int = 12
-    arrival: str = "poisson"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.start_rate > 0:
-            raise ValueError(f"--start-rate must be > 0, got {self.start_rate:g}")
-        if self.max_rate < self.start_rate:
-            raise ValueError(f"--max-rate {self.max_rate:g} is below --start-rate "
-                             f"{self.start_rate:g}")
-        if not self.factor > 1:
-            raise ValueError(f"--factor must be > 1, got {self.factor:g}")
-        if not self.step_s > 0:
-            raise ValueError(f"--step-duration must be > 0, got {self.step_s:g}")
-        if not 0 < self.precision < 1:
-            raise ValueError(f"--precision must be between 0 and 1, got {self.precision:g}")
-        if self.max_steps < 1:
-            raise ValueError(f"--max-steps must be ≥ 1, got {self.max_steps}")
-        if self.arrival not in arrivals.ARRIVALS:
-            raise ValueError(f"--arrival must be one of {', '.join(arrivals.ARRIVALS)}")
 
 
 def judge(run: dict[str, Any], slo_p99_ms: float, rate: float) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from loadtest.answers import Answer, AnswerReader, AnswerSink
 from loadtest.traffic import Traffic
-from pipeline import headers as H
+from pipeline.headers import DEADLINE_MS, SCHEMA, SENT_MS, TRACE_ID, now_ms
 from pipeline.transport.base import Outgoing, Producer, Transport
 from schemas.messages import ScoreRequest, schema_name
 
@@ -90,14 +90,14 @@ class TransportSystem:
         tr = self.traffic
         heads, tails, keys, topic = tr.heads, tr.tails, tr.keys, self.requests_topic
         prefix = self._prefix
-        sent = b"%d" % H.now_ms()
+        sent = b"%d" % now_ms()
         acks: list[Ack] = []
         self._n_sent = first + len(entries)
         for k, (entry, deadline) in enumerate(zip(entries, deadlines_ms, strict=True)):
             rid = b"%s%011d" % (prefix, first + k)
-            headers = {H.SCHEMA: REQUEST_SCHEMA, H.SENT_MS: sent, H.TRACE_ID: rid}
+            headers = {SCHEMA: REQUEST_SCHEMA, SENT_MS: sent, TRACE_ID: rid}
             if deadline is not None:
-                headers[H.DEADLINE_MS] = b"%d" % deadline
+                headers[DEADLINE_MS] = b"%d" % deadline
             try:
                 acks.append(await producer.send(Outgoing(
                     topic, heads[entry] + rid + tails[entry], key=keys[entry],

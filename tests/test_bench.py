@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest.bench import BenchPlan, recovery_time
+from loadtest.bench import recovery_time
+from loadtest.plans import BenchPlan
 from loadtest.model_limit import RowHistogram, limit, parse_row_histogram
 from pipeline.metrics import Metrics
 from workers.scoring.repository import load_model

@@ -20,7 +20,7 @@ from loadtest.generate import generate, write_jsonl
 from loadtest.replay import STAMPS, STATUSES, replay
 from loadtest.system import Answer, AnswerSink, TransportSystem
 from loadtest.traffic import Traffic, request_id
-from pipeline import headers as H
+from pipeline.headers import SENT_MS
 from pipeline.transport import Outgoing
 from pipeline.transport.memory import MemoryTransport
 from schemas.errors import SchemaError
@@ -144,7 +144,7 @@ async def test_answers_are_matched_by_request_id_and_others_counted(tmp_path: Pa
     assert await responder == 90
     assert (m.status == 0).all() and m.n_answered == 90 and m.duplicates == 0
     np.testing.assert_array_equal(m.n_scored, traffic.n_candidates[schedule.entries])
-    for stamp in (H.SENT_MS, "ts.fused.in", "ts.fused.out"):
+    for stamp in (SENT_MS, "ts.fused.in", "ts.fused.out"):
         assert (m.stamps[:, STAMPS.index(stamp)] > 0).all(), stamp
     assert system.unexpected == 2 and system._reader is not None
     assert system._reader.unreadable == 1

@@ -14,7 +14,8 @@ from loadtest.generate import generate, write_jsonl
 from loadtest.record import record
 from loadtest.replay import Measurement, replay
 from loadtest.report import render_html
-from loadtest.run import RunOptions, describe, measure
+from loadtest.plans import RunOptions
+from loadtest.run import describe, measure
 from loadtest.system import TransportSystem
 from loadtest.target import TargetError, open_target
 from loadtest.traffic import Traffic

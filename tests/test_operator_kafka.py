@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from adstream_client.wire import request_message
-from pipeline import headers as H
+from pipeline.headers import now_ms
 from pipeline.cli import main
 from pipeline.transport import Outgoing, open_transport
 from schemas import ScoreRequest
@@ -52,7 +52,7 @@ def test_dead_letters_are_shown_decoded_filtered_and_redriven(running_pipeline, 
     missing = f"{t.requests}.{tag}.nowhere"
     req = ScoreRequest(f"dl-{tag}", "u-dl", {"ad_id": np.arange(2, dtype=np.int64),
                                               "bid": np.ones(2, np.float32)},
-                       reply_to=missing, deadline_ms=H.now_ms() + 60_000)
+                       reply_to=missing, deadline_ms=now_ms() + 60_000)
     good = request_message(req, t.requests)
     junk = Outgoing(t.requests, f"junk {tag}".encode(), key=b"u-junk",
                     headers={"trace_id": tag.encode()})
@@ -95,14 +95,14 @@ def test_dead_letters_are_shown_decoded_filtered_and_redriven(running_pipeline, 
     # --to another topic: the original bytes and key, a fresh deadline header
     copy_topic = f"{t.requests}.{tag}.copy"
     asyncio.run(open_transport(run.bootstrap).create_topics([copy_topic], 1))
-    before = H.now_ms()
+    before = now_ms()
     _cli(capsys, run, "dlq", "redrive", "--reason", missing, "--to", copy_topic,
          "--deadline-ms", "5000")
     copies = _until(lambda: _read(run.bootstrap, copy_topic), 1)
     assert len(copies) == 1
     rec = copies[0]
     assert rec.value == good.value and rec.key == good.key
-    assert before + 5000 <= int(rec.headers["deadline_ms"]) <= H.now_ms() + 5000
+    assert before + 5000 <= int(rec.headers["deadline_ms"]) <= now_ms() + 5000
     assert rec.headers["trace_id"] == req.request_id.encode()
     assert not any(k.startswith("ts.") for k in rec.headers)
 

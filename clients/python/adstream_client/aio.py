@@ -26,7 +26,7 @@ from adstream_client.errors import (
     ScoreTimeout,
 )
 from adstream_client.wire import request_message
-from pipeline import headers as H
+from pipeline.headers import CONTENT_TYPE, now_ms
 from pipeline.config import KafkaSection
 from pipeline.kafka_clients import kafka_options
 from pipeline.transport import Consumer, Producer, Transport, open_transport
@@ -170,7 +170,7 @@ class AsyncClient:
             return
         self._closed = True
         await self._idle.wait()
-        late_s = (self._late_ms - H.now_ms()) / 1000 + self.linger_s if self._late_ms else 0
+        late_s = (self._late_ms - now_ms()) / 1000 + self.linger_s if self._late_ms else 0
         if late_s > 0:
             await asyncio.sleep(late_s)
         if self._reader is not None:
@@ -207,7 +207,7 @@ class AsyncClient:
         timeout = self.timeout if timeout is None else timeout
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
-        start_ms = H.now_ms()
+        start_ms = now_ms()
         req = self.prepare(request, timeout, start_ms)
         rid = req.request_id
         if self._closed or self._producer is None:
@@ -253,16 +253,16 @@ class AsyncClient:
         return await asyncio.gather(*(self.score(r, timeout) for r in requests),
                                     return_exceptions=return_exceptions)
 
-    def prepare(self, request: Request, timeout: float, now_ms: int) -> ScoreRequest:
+    def prepare(self, request: Request, timeout: float, at_ms: int) -> ScoreRequest:
         """The request as it is sent: reply_to this client, deadline from ``timeout``."""
         if isinstance(request, Mapping):
-            req = request_from_json(dict(request), now_ms)  # validates; SchemaError names it
+            req = request_from_json(dict(request), at_ms)  # validates; SchemaError names it
         elif isinstance(request, ScoreRequest):
             req = request
         else:
             raise TypeError(f"expected a ScoreRequest or a dict, got {type(request).__name__}")
         margin = min(MAX_MARGIN_MS, int(timeout * 1000 * MARGIN_SHARE))
-        deadline = now_ms + int(timeout * 1000) - margin
+        deadline = at_ms + int(timeout * 1000) - margin
         if req.deadline_ms is not None:
             deadline = min(deadline, req.deadline_ms)
         return dataclasses.replace(req, reply_to=self.reply_topic, deadline_ms=deadline)
@@ -274,7 +274,7 @@ class AsyncClient:
                 for records in batch.values():
                     for rec in records:
                         try:
-                            res = decode(rec.value, ScoreResult, content_type=rec.headers.get(H.CONTENT_TYPE))
+                            res = decode(rec.value, ScoreResult, content_type=rec.headers.get(CONTENT_TYPE))
                         except SchemaError:
                             self.unexpected += 1
                             continue
