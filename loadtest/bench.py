@@ -37,14 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from loadtest import arrivals, environment
+from loadtest import arrivals, run_environment
 from loadtest.plans import BenchPlan, RunOptions
 from loadtest.model_limit import RowHistogram, limit, parse_row_histogram
-from loadtest.processes import CpuMeter, WorkerSet, listening_pid, rss_bytes
+from loadtest.worker_processes import CpuMeter, WorkerSet, listening_pid, rss_bytes
 from loadtest.replay import STATUSES
 from loadtest.run import measure, replay_target, run_document
 from loadtest.sweep import steps_table, sweep
-from loadtest.target import ensure_model, open_target
+from loadtest.pipeline_target import ensure_model, open_target
 from loadtest.traffic import Traffic
 from pipeline.config import amended
 from workers.roles import topology
@@ -434,8 +434,8 @@ async def bench(settings: Settings, plan: BenchPlan, *, progress_mode: str = "au
                        "pid_measured": broker.pid is not None},
             "limit": lim, "pipeline": pipeline, "ratio": float(f"{ratio:.4g}"),
             "steady": steady, "overload": overload,
-            "machine": environment.machine(), "software": environment.software(),
-            "config": environment.pipeline_config(s, with_workers=False,
+            "machine": run_environment.machine(), "software": run_environment.software(),
+            "config": run_environment.pipeline_config(s, with_workers=False,
                                                   partitions=plan.partitions),
             "sweep": {k: v for k, v in sweep_doc.items()
                       if k not in ("machine", "software", "config")},

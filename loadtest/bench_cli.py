@@ -14,9 +14,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from loadtest.bench import BenchError, bench, report_text
     from loadtest.plan_flags import from_args
     from loadtest.plans import BenchPlan
-    from loadtest.processes import WorkerStartError
+    from loadtest.worker_processes import WorkerStartError
     from loadtest.run import short_gc_pauses, write_json
-    from loadtest.target import TargetError
+    from loadtest.pipeline_target import TargetError
     from pipeline import runner
     from pipeline.cli import settings_from_args
     from workers.settings import Settings

@@ -23,13 +23,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from loadtest import arrivals, environment
+from loadtest import arrivals, run_environment
 from loadtest.bench import BenchError, bench_settings, broker_for
 from loadtest.generate import generate, write_jsonl
-from loadtest.processes import CpuMeter
+from loadtest.worker_processes import CpuMeter
 from loadtest.plans import BenchPlan, RunOptions
 from loadtest.run import replay_target, run_document, short_gc_pauses
-from loadtest.target import Target
+from loadtest.pipeline_target import Target
 from loadtest.traffic import Traffic
 from pipeline.config import amended
 from workers.settings import Settings
@@ -87,7 +87,7 @@ async def measure_generator(settings: Settings, args: argparse.Namespace) -> dic
                 "duration_s": args.duration, "candidates": args.candidates,
                 "partitions": args.partitions, "bootstrap": broker.bootstrap,
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "machine": environment.machine(), "runs": runs}
+                "machine": run_environment.machine(), "runs": runs}
     finally:
         if responder is not None:
             responder.terminate()

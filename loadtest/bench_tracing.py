@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from loadtest.environment import machine
+from loadtest.run_environment import machine
 from loadtest.generate import generate
 from pipeline.actor import Handler, Held
 from pipeline.config import amended

@@ -74,7 +74,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from loadtest.record import RecordError, record
+    from loadtest.recorder import RecordError, record
     from pipeline import runner
 
     if args.duration is not None and args.duration <= 0:

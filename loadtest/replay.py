@@ -29,7 +29,7 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from loadtest.arrivals import Schedule
-from loadtest.system import Answer, System
+from loadtest.system_under_test import Answer, System
 from pipeline.headers import SENT_MS, STAGE_PREFIX, now_ms
 
 STATUSES = ("ok", "partial", "expired", "rejected", "error")

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from loadtest import environment
+from loadtest import run_environment
 from loadtest.arrivals import Schedule
 from loadtest.plans import RunOptions
 from loadtest.replay import Measurement, ProgressSink, replay
 from loadtest.summary import summarize
-from loadtest.system import TransportSystem
-from loadtest.target import Target
+from loadtest.system_under_test import TransportSystem
+from loadtest.pipeline_target import Target
 from loadtest.traffic import Traffic
 
 RUN_KIND = "adstream.loadtest.run"
@@ -121,11 +121,11 @@ def slo_verdict(doc: dict[str, Any], p99_bound_ms: float | None) -> dict[str, An
 async def describe(target: Target) -> dict[str, Any]:
     """Machine, configuration and software of ``target`` (for the RUN document)."""
     partitions = await target.transport.partitions(target.requests_topic)
-    return {"machine": environment.machine(),
-            "config": environment.pipeline_config(target.settings,
+    return {"machine": run_environment.machine(),
+            "config": run_environment.pipeline_config(target.settings,
                                                   with_workers=target.with_workers,
                                                   partitions=partitions or None),
-            "software": environment.software()}
+            "software": run_environment.software()}
 
 
 def write_json(doc: dict[str, Any], path: Path) -> None:

@@ -90,7 +90,7 @@ def _measured(command: str, args: argparse.Namespace,
     --html), shown by ``show``; None when the target could not be reached."""
     from loadtest.report import render_html
     from loadtest.run import short_gc_pauses, write_json
-    from loadtest.target import TargetError
+    from loadtest.pipeline_target import TargetError
     from pipeline import runner
 
     async def go(stop: asyncio.Event) -> Document | None:
@@ -122,7 +122,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from loadtest import arrivals
     from loadtest.progress import Progress
     from loadtest.run import describe, measure
-    from loadtest.target import open_target
+    from loadtest.pipeline_target import open_target
     from loadtest.traffic import Traffic, TrafficError
 
     try:

@@ -22,7 +22,7 @@ from loadtest import arrivals
 from loadtest.plans import RunOptions, SweepPlan
 from loadtest.progress import Progress
 from loadtest.run import DOC_VERSION, SWEEP_KIND, describe, measure, traffic_info
-from loadtest.target import open_target
+from loadtest.pipeline_target import open_target
 from loadtest.traffic import Traffic
 from workers.settings import Settings
 

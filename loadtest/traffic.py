@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.recording import RecordingError, read_recording
+from loadtest.recording_file import RecordingError, read_recording
 from schemas.errors import SchemaError
 from schemas.json_form import request_from_json
 from schemas.messages import ScoreRequest, decode, encode

@@ -18,7 +18,7 @@ from loadtest import arrivals
 from loadtest.echo import echo
 from loadtest.generate import generate, write_jsonl
 from loadtest.replay import STAMPS, STATUSES, replay
-from loadtest.system import Answer, AnswerSink, TransportSystem
+from loadtest.system_under_test import Answer, AnswerSink, TransportSystem
 from loadtest.traffic import Traffic, request_id
 from pipeline.headers import SENT_MS
 from pipeline.transport import Outgoing

@@ -15,9 +15,9 @@ from stack import Stack
 
 from loadtest import arrivals
 from loadtest.generate import generate, write_jsonl
-from loadtest.record import record
+from loadtest.recorder import record
 from loadtest.replay import Measurement, replay
-from loadtest.system import TransportSystem
+from loadtest.system_under_test import TransportSystem
 from loadtest.traffic import Traffic
 from pipeline.config import amended
 from pipeline.transport import open_transport

@@ -11,7 +11,7 @@ import numpy as np
 from loadtest import arrivals
 from loadtest.replay import Measurement, replay
 from loadtest.summary import latency_percentiles, summarize
-from loadtest.system import Answer, AnswerSink
+from loadtest.system_under_test import Answer, AnswerSink
 
 
 class DelaySystem:

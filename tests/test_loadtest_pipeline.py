@@ -11,13 +11,13 @@ import pytest
 
 from loadtest import arrivals
 from loadtest.generate import generate, write_jsonl
-from loadtest.record import record
+from loadtest.recorder import record
 from loadtest.replay import Measurement, replay
 from loadtest.report import render_html
 from loadtest.plans import RunOptions
 from loadtest.run import describe, measure
-from loadtest.system import TransportSystem
-from loadtest.target import TargetError, open_target
+from loadtest.system_under_test import TransportSystem
+from loadtest.pipeline_target import TargetError, open_target
 from loadtest.traffic import Traffic
 from pipeline.config import amended
 from pipeline.transport.memory import MemoryTransport

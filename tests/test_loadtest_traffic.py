@@ -11,7 +11,7 @@ import pytest
 
 from loadtest import arrivals
 from loadtest.generate import generate, write_jsonl
-from loadtest.recording import RecordingWriter
+from loadtest.recording_file import RecordingWriter
 from loadtest.traffic import ID_LEN, PLACEHOLDER, Traffic, TrafficError, request_id
 from pipeline.transport.base import Record
 from schemas.json_form import request_from_json

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtest.recording import RecordingWriter
+from loadtest.recording_file import RecordingWriter
 from pipeline.headers import now_ms
 from workers.settings import Settings
 
