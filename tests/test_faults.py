@@ -505,8 +505,11 @@ class CommitWatch:
         self._thread.join(10)
 
 
-@pytest.mark.xfail(strict=False, reason="standbys are new (stop 12); measured only on a machine "
-                   "loaded by other work, where a child took 20-40 s to start")
+@pytest.mark.xfail(strict=False, reason=(
+    "open (stop 12): with a standby per role, three runs gave lost=0 and 3300/3300 'ok', but "
+    "after an aggregator (and once a scorer) was killed again within seconds, requests sent "
+    "just after the kill were answered up to 23 s later, near the end of the stream ('ok', "
+    "not 'expired': all their chunks came); not explained yet"))
 def test_six_sigkills_in_30s_with_2s_deadlines_answer_99_percent_ok(kafka_bootstrap,
                                                                    model_repo, tmp_path):
     """Every role under a 2-process supervisor with one standby (static membership), 6
@@ -525,21 +528,34 @@ def test_six_sigkills_in_30s_with_2s_deadlines_answer_99_percent_ok(kafka_bootst
         traffic = Traffic(stack, n=3300, rate=100, timeout_ms=2000).start()
         _wait_results(stack, 100)
         rng = random.Random(5)
-        kills: list[tuple[str, float]] = []
+        kills: list[tuple[str, float, int]] = []  # role, monotonic and wall-clock ms
         for _ in range(6):
             time.sleep(4.5)
             role = rng.choice(ROLES_3)
             os.kill(rng.choice(stack.members(role)), signal.SIGKILL)
-            kills.append((role, time.monotonic()))
+            kills.append((role, time.monotonic(), int(time.time() * 1000)))
         assert not traffic.done.is_set(), "the kills came after the stream"
         results = traffic.wait_answered(timeout=120)
         answered = {r.request_id: r.status for r, _ in results}
         ok = sum(1 for r in traffic.requests if answered.get(r.request_id) == "ok")
         lost = sum(1 for r in traffic.requests if r.request_id not in answered)
         print(f"lost={lost} ok={ok}/{len(traffic.requests)}")
-        outages = [watch.outage(f"{stack.prefix}-{role}", t) for role, t in kills]
-        for (role, _), s in zip(kills, outages, strict=True):
-            print(f"kill {role}: its partitions answered again after {s:.2f} s")
+        out_ms: dict[str, int] = {}
+        for res, headers in results:
+            stamp = headers.get(stage_out("aggregator"))
+            if stamp is not None and res.request_id not in out_ms:
+                out_ms[res.request_id] = int(stamp)
+        outages = []
+        for role, t, wall_ms in kills:
+            # the requests sent in the half second after the kill (about 12 per partition):
+            # when the last of their answers left, every partition had answered again
+            sent = [r for r in traffic.requests
+                    if wall_ms <= r.deadline_ms - 2000 <= wall_ms + 500 and r.request_id in out_ms]
+            assert sent, "no answered request was sent after the kill"
+            outages.append(max(out_ms[r.request_id] for r in sent) / 1000 - wall_ms / 1000)
+            commits = watch.outage(f"{stack.prefix}-{role}", t)
+            print(f"kill {role}: every partition answered again within {outages[-1]:.2f} s "
+                  f"(its group's slowest committed offset moved after {commits:.2f} s)")
         assert lost == 0
         assert ok >= 0.99 * len(traffic.requests)
         assert max(outages) <= 3.0, outages
