@@ -279,6 +279,7 @@ class Actor:
                 await self.handler.open(tg, self.send)
                 await self._consumer.start()
                 committer = tg.create_task(self._commit_periodically(stop))
+                self._tick = time.monotonic()  # the wait for a broker or a takeover is no stall
                 clock = tg.create_task(self._keep_time(stop))
                 await self._fetch_until(stop, tg)
                 await self._drain()
