@@ -211,7 +211,10 @@ async def test_hot_swap_on_kafka_keeps_every_request_ok_within_its_deadline(
     during = np.concatenate([replay.latencies(added, added + 2.0),
                              replay.latencies(removed, removed + 2.0)])
     p99_before, p99_during = np.quantile(before, 0.99), np.quantile(during, 0.99)
-    assert p99_during <= 2 * p99_before, (p99_before, p99_during)
+    # 2x, or 100 ms more where the tail before was short: on the 2-core VM a p99 of ~120
+    # samples moves by tens of ms by itself (one CI run: 50 -> 109 ms), while a swap that
+    # blocked the loop (a load or warm-up on it) costs hundreds of ms to seconds
+    assert p99_during <= max(2 * p99_before, p99_before + 0.1), (p99_before, p99_during)
 
 
 async def test_model_load_and_unload_commands_drive_a_running_scorer(
