@@ -12,6 +12,8 @@ way, models loaded, that have not joined the group. When a member dies, a standb
 index at once (a line on a pipe; with static membership it rejoins as the dead member's
 instance and gets its partitions back without a rebalance), so the member's partitions wait
 for a join instead of for a process start and model load; a new standby is then started.
+Children come from a ``pipeline.launch`` launcher: a command line, or forks of a zygote that
+imported the worker's modules already (a new standby is then loaded in about a second).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import contextlib
 import os
 import select
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,8 @@ from types import FrameType
 
 import structlog
 
-from pipeline.membership import CHILD_INDEX_ENV, STANDBY, STANDBY_FD_ENV
+from pipeline.launch import Child, Exec, Launcher
+from pipeline.membership import CHILD_INDEX_ENV, STANDBY
 from pipeline.stop_signals import Stop, StopSignals
 
 log = structlog.get_logger("adstream.supervisor")
@@ -38,14 +40,14 @@ log = structlog.get_logger("adstream.supervisor")
 class _Child:
     slot: int  # what child_args is called with (a metrics port each): 0 .. processes+standby-1
     index: int | None  # the group member it is (ADSTREAM_CHILD_INDEX); None: a standby
-    proc: subprocess.Popen[bytes]
+    proc: Child
     started: float = field(default_factory=time.monotonic)
     restarts: int = 0
     standby_fd: int | None = None  # a standby's end of its pipe: its index is written there
 
 
 class Supervisor:
-    def __init__(self, argv: list[str], processes: int, *, standby: int = 0,
+    def __init__(self, launcher: Launcher | list[str], processes: int, *, standby: int = 0,
                  stop_timeout_s: float = 30.0, min_uptime_s: float = 5.0,
                  max_backoff_s: float = 10.0, force_timeout_s: float = 6.0,
                  child_args: Callable[[int], list[str]] | None = None) -> None:
@@ -53,7 +55,7 @@ class Supervisor:
             raise ValueError(f"--processes must be at least 1, not {processes}")
         if standby < 0:
             raise ValueError(f"--standby must be 0 or more, not {standby}")
-        self.argv = argv
+        self.launcher = Exec(launcher) if isinstance(launcher, list) else launcher
         self.processes = processes
         self.standby = standby
         self.stop_timeout_s = stop_timeout_s
@@ -73,14 +75,12 @@ class Supervisor:
         """Start a member (``index``) or, with ``index`` None, a standby: it loads its
         models, then waits on a pipe for the index of the member it is to replace."""
         extra = self.child_args(slot) if self.child_args is not None else []
-        env = {**os.environ, CHILD_INDEX_ENV: str(index)}
+        env = {CHILD_INDEX_ENV: STANDBY if index is None else str(index)}
         read_fd = write_fd = None
         if index is None:
             read_fd, write_fd = os.pipe()
-            env.update({CHILD_INDEX_ENV: STANDBY, STANDBY_FD_ENV: str(read_fd)})
         try:
-            proc = subprocess.Popen([*self.argv, *extra], env=env,
-                                    pass_fds=() if read_fd is None else (read_fd,))
+            proc = self.launcher.start(extra, env, read_fd)
         finally:
             if read_fd is not None:
                 os.close(read_fd)

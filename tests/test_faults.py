@@ -220,10 +220,6 @@ def test_sigkill_workers_of_every_role_under_supervisors(kafka_bootstrap, model_
         stack.close()
 
 
-@pytest.mark.xfail(strict=False, reason="open (stop 11): one CI run before the revoke-commit "
-                   "fix lost 10 of 2,400 requests (their ScoreChunks committed, no answer and no "
-                   "changelog entry: the aggregator's offsets passed them); 3 runs after it "
-                   "lost none")
 def test_sigkill_in_exactly_once_mode_duplicates_no_result(kafka_bootstrap, model_repo,
                                                             tmp_path, direct):
     stack = _stack(kafka_bootstrap, model_repo, tmp_path,
@@ -505,11 +501,6 @@ class CommitWatch:
         self._thread.join(10)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open (stop 12): with a standby per role, three runs gave lost=0 and 3300/3300 'ok', but "
-    "after an aggregator (and once a scorer) was killed again within seconds, requests sent "
-    "just after the kill were answered up to 23 s later, near the end of the stream ('ok', "
-    "not 'expired': all their chunks came); not explained yet"))
 def test_six_sigkills_in_30s_with_2s_deadlines_answer_99_percent_ok(kafka_bootstrap,
                                                                    model_repo, tmp_path):
     """Every role under a 2-process supervisor with one standby (static membership), 6

@@ -128,11 +128,12 @@ async def test_a_dropped_fenced_producer_sends_nothing_more():
     assert transport.made[0].stopped
 
 
-def _spawn(code: str, tmp: Path) -> subprocess.Popen[bytes]:
+def _spawn(code: str, tmp: Path, path: Path | None = None) -> subprocess.Popen[bytes]:
     script = tmp / "prog.py"
     script.write_text(textwrap.dedent(code))
+    python_path = str(ROOT) if path is None else f"{ROOT}{os.pathsep}{path}"
     return subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": python_path})
 
 
 RUNNER = """
@@ -270,8 +271,33 @@ class _Output:
         return self.text
 
 
-def test_a_standby_takes_a_killed_members_index_at_once_and_is_replaced(tmp_path):
-    proc = _spawn(STANDBY_SUPERVISOR.replace("CHILD", repr(STANDBY_CHILD)), tmp_path)
+FORK_CHILD = STANDBY_CHILD.replace("sys.exit(runner.run(main))", """
+print(f"imported {os.getpid()}", flush=True)
+
+def entry(argv):
+    assert sys.argv[1:] == argv == ["--set", "x=1"], (sys.argv, argv)
+    return runner.run(main)
+""")
+
+FORK_SUPERVISOR = """
+    import sys
+    from pipeline.launch import Fork
+    from pipeline.supervisor import Supervisor
+    if __name__ == "__main__":  # a fork imports this script again as __mp_main__
+        print("ready", flush=True)
+        sys.exit(Supervisor(Fork("forked_child:entry", ["--set"], preload=["forked_child"]),
+                            2, standby=1, stop_timeout_s=10, min_uptime_s=0.5,
+                            child_args=lambda slot: ["x=1"]).run())
+"""
+
+
+@pytest.mark.parametrize("launch", ["exec", "fork"])
+def test_a_standby_takes_a_killed_members_index_at_once_and_is_replaced(tmp_path, launch):
+    if launch == "exec":
+        proc = _spawn(STANDBY_SUPERVISOR.replace("CHILD", repr(STANDBY_CHILD)), tmp_path)
+    else:  # children forked from a zygote that imported their module once
+        (tmp_path / "forked_child.py").write_text(FORK_CHILD)
+        proc = _spawn(FORK_SUPERVISOR, tmp_path, path=tmp_path)
     _ready(proc)
     out = _Output(proc)
     members = {int(m[1]): int(m[2]) for m in MEMBER.finditer(out.wait_for(MEMBER.pattern, 2))}
@@ -290,3 +316,6 @@ def test_a_standby_takes_a_killed_members_index_at_once_and_is_replaced(tmp_path
     assert proc.returncode == 0, text
     assert text.count("member stopped") == 2 and "standby left" in text, text
     assert "a standby takes over" in text and "Traceback" not in text, text
+    if launch == "fork":  # five children (two members, three standbys), one import
+        assert text.count("imported ") == 1, text
+
