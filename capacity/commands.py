@@ -21,6 +21,7 @@ _ASSUMED = {
     "hop_ms": "one network hop between hosts, ms (default 0.5)",
     "partitions_per_replica": "partitions per consumer replica (default 2)",
     "partition_mb_s": "MB/s one partition may carry (default 10)",
+    "broker_mb_s": "MB/s one broker's network carries each way (default 1000)",
     "gpu_max_utilization": "the most a GPU may be busy (default 0.5)",
 }
 
@@ -60,18 +61,31 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"  simulated {res.p(99) * 1000:.1f} ms p99 ({res.p(50) * 1000:.1f} ms p50) for "
               f"{len(res.latency_s):,} requests through one replica per role at its share of "
               f"{plan.peak_rate:,.0f}/s, {args.sim_s:g} s: {verdict} {plan.p99_ms:g} ms")
-    if args.check_bench:
-        from capacity.check import check_bench
+    if args.check_bench is not None:
+        from capacity.check import check_bench, median_ratio
 
+        runs = [(args.figures, cpu)]
         try:
-            c = check_bench(cpu)
-        except ValueError as e:
-            return fail(f"simulating the bench of {args.figures}: {e}")
-        print(f"  bench vs simulation on {cpu.source.machine}: the bench found "
-              f"{c.bench_rate:g}/s at p99 ≤ {c.bound_ms:g} ms, the simulation {c.sim_rate:g}/s "
-              f"(median of {', '.join(f'{r:g}' for r in c.sim_rates)}; ratio {c.ratio:.2f}; "
-              f"other work on the machine {c.background[0]:g}–"
-              f"{c.background[1]:g} runnable threads, as measured in the sweep's steps)")
+            runs += [(f, load_cpu(Path(f))) for f in args.check_bench if f != args.figures]
+        except FiguresError as e:
+            return fail(str(e))
+        checks = []
+        for path, figures in runs:
+            try:
+                c = check_bench(figures)
+            except ValueError as e:
+                return fail(f"simulating the bench of {path}: {e}")
+            checks.append(c)
+            print(f"  bench vs simulation ({path}, on {figures.source.machine}): the bench "
+                  f"found {c.bench_rate:g}/s at p99 ≤ {c.bound_ms:g} ms, the simulation "
+                  f"{c.sim_rate:g}/s (median of {', '.join(f'{r:g}' for r in c.sim_rates)}; "
+                  f"ratio {c.ratio:.2f}; other work on the machine {c.background[0]:g}–"
+                  f"{c.background[1]:g} runnable threads, inferred step by step from the "
+                  "waits for a core)")
+        if len(checks) > 1:
+            bench, sim, ratio = median_ratio(checks)
+            print(f"  over the {len(checks)} bench runs: median found {bench:g}/s, median "
+                  f"simulated {sim:g}/s, ratio {ratio:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(plan.to_json(), indent=1) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
@@ -100,7 +114,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--simulate", action="store_true",
                    help="run the plan's fleet through the simulation at the peak rate")
     p.add_argument("--sim-s", type=float, default=120.0, help="simulated seconds (default 120)")
-    p.add_argument("--check-bench", action="store_true",
-                   help="simulate the bench's machine and compare the rate it finds")
+    p.add_argument("--check-bench", nargs="*", default=None, metavar="BENCH",
+                   help="simulate the bench's machine and compare the rate it finds; with "
+                        "more bench files (repeats of the same bench), each of them too and "
+                        "the medians over all")
     p.add_argument("--json", default=None, metavar="FILE", help="write the plan as JSON")
     p.set_defaults(func=cmd_plan)

@@ -130,7 +130,8 @@ class CpuFigures:
     sigma: dict[str, float]  # lognormal shape of each worker stage's time (lowest passing rate)
     wait_per_cpu: dict[str, float]  # seconds each process waited for a core per CPU second
     costs: dict[str, Cost]  # each process's CPU per request and per batch (or idle), fitted
-    step_slowdowns: tuple[float, ...] = ()  # the slowdown in each sweep step, in order
+    # each sweep step in order: (requests/s achieved, our processes' wall s per CPU s)
+    step_load: tuple[tuple[float, float], ...] = ()
     step_s: float = 5.0
     partitions: int = 4  # of the bench's topics
 
@@ -163,37 +164,43 @@ class CpuFigures:
 
     @property
     def slowdown(self) -> float:
-        """Wall seconds per CPU second of the bench's processes while they were runnable
-        (1 + their wait for a core, CPU-weighted): how much other work slowed them."""
-        w = [(self.wait_per_cpu[n], self.cpu_ms[n]) for n in self.wait_per_cpu
-             if n in self.cpu_ms]
-        if not w:
-            return 1.0
-        return 1.0 + float(sum(q * c for q, c in w) / sum(c for _, c in w))
-
-    def background_levels(self) -> tuple[float, ...]:
-        """Other work in each sweep step (as :attr:`background`): how it came and went."""
-        return tuple(max(0.0, self.machine_cpus * x - 1) for x in self.step_slowdowns)
+        """Wall seconds per CPU second of one thread of ours beside the machine's other
+        work (:attr:`background` threads sharing its cores fairly): how much the other work
+        slowed the model's timing, which ran alone but for it."""
+        return max(1.0, (self.background + 1) / self.machine_cpus)
 
     @property
     def background(self) -> float:
-        """Other work on the bench machine as runnable threads: the count that slows one
-        thread of ours by :attr:`slowdown` under fair sharing of the cores."""
-        if self.wait_per_cpu:
-            return max(0.0, self.machine_cpus * self.slowdown - 1)
+        """Other work on the bench machine at the found rate, as runnable threads: the
+        cores it kept busy (the machine's busy cores less ours) times the wall seconds per
+        CPU second that a thread waited there (ours did: 1 + their wait for a core), the
+        count of threads that work keeps runnable (Little's law). Our own processes are not
+        in it: the simulation runs them on the cores itself."""
         if self.machine_cores_busy is None:  # a file from before the bench measured it
             return 0.0
-        return max(0.0, self.machine_cores_busy - sum(self.cores.values()))
+        return _other_threads(self.machine_cores_busy, sum(self.cores.values()),
+                              _weighted_slowdown(self.wait_per_cpu, self.cpu_ms))
 
 
-def _slowdown(step: dict[str, Any]) -> float | None:
-    """1 + the CPU-weighted wait for a core of the step's processes."""
-    pr = step.get("probe") or {}
-    waits, cpu = pr.get("wait_per_cpu") or {}, pr.get("cpu_s") or {}
+def _weighted_slowdown(waits: dict[str, float], cpu: dict[str, float]) -> float:
+    """1 + the CPU-weighted wait for a core of our processes (1 when not measured)."""
     w = [(q, cpu[n]) for n, q in waits.items() if q is not None and cpu.get(n)]
     if not w:
-        return None
+        return 1.0
     return 1.0 + float(sum(q * c for q, c in w) / sum(c for _, c in w))
+
+
+def _other_threads(busy: float, ours: float, slowdown: float) -> float:
+    return round(max(0.0, busy - ours) * slowdown, 3)
+
+
+def _step_load(step: dict[str, Any]) -> tuple[float, float] | None:
+    """One sweep step's achieved rate and how long our processes waited for a core."""
+    pr = step.get("probe") or {}
+    cpu = {k: v for k, v in (pr.get("cpu_s") or {}).items() if k != "wall"}
+    if not pr.get("wait_per_cpu") or step.get("achieved") is None:
+        return None
+    return float(step["achieved"]), _weighted_slowdown(pr["wait_per_cpu"], cpu)
 
 
 def _sigma(stages: list[dict[str, Any]], name: str) -> float:
@@ -243,7 +250,7 @@ def load_cpu(path: Path) -> CpuFigures:
         sigma={r: _sigma(first, r) for r in roles},
         wait_per_cpu={k: float(v) for k, v in (p.get("wait_per_cpu") or {}).items()
                       if v is not None},
-        step_slowdowns=tuple(x for st in steps if (x := _slowdown(st)) is not None),
+        step_load=tuple(x for st in steps if (x := _step_load(st)) is not None),
         step_s=float(plan.get("step_s", 5.0)), partitions=int(plan.get("partitions", 4)),
         costs={n: c for n in cpu if n in (*roles, "broker", "load generator")
                and (c := _fit(steps, n, n == model)) is not None},

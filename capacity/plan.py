@@ -36,6 +36,8 @@ class Assumptions:
     hop_ms: float = 0.5  # one network hop between two hosts
     partitions_per_replica: int = 2  # room to double a role's consumers without repartitioning
     partition_mb_s: float = 10.0  # bytes per second one partition is asked to carry
+    # what one broker's network carries each way at most, MB/s (a 10 Gbit/s link is 1,250)
+    broker_mb_s: float = 1000.0
     gpu_max_utilization: float = 0.5
 
     def __post_init__(self) -> None:
@@ -48,6 +50,7 @@ class Assumptions:
             (self.hop_ms >= 0, "--hop-ms must be ≥ 0"),
             (self.partitions_per_replica >= 1, "--partitions-per-replica must be ≥ 1"),
             (self.partition_mb_s > 0, "--partition-mb-s must be > 0"),
+            (self.broker_mb_s > 0, "--broker-mb-s must be > 0"),
             (0 < self.gpu_max_utilization <= 1, "--gpu-max-utilization must be in (0, 1]"),
         ]
         for ok, message in checks:
@@ -279,6 +282,14 @@ def make_plan(cpu: CpuFigures, *, requests_per_day: float, candidates: int, p99_
     replicas = {r.name: r.replicas for r in roles}
     topics = _topic_plan(cpu.topology, replicas, bytes_c, peak, a)
     in_mb = sum(t.mb_per_s for t in topics)
+    # each way, a broker carries its share of the produced bytes and of their copies to and
+    # from followers (in: produce + replication received; out: consumers + replication sent)
+    by_network = math.ceil(in_mb * a.replication / (a.broker_mb_s * a.max_utilization))
+    if by_network > brokers:
+        notes.append(f"brokers set by the network, not their CPU ({brokers} would do): "
+                     f"{in_mb * a.replication:,.0f} MB/s each way in all, ≤ "
+                     f"{a.broker_mb_s:g} MB/s per broker at ≤ {a.max_utilization:.0%}")
+        brokers = by_network
     figures = [f"CPU: {cpu.source.line()}"]
     if gpu is not None:
         figures.append(f"GPU: {gpu.source.line()}")
@@ -293,9 +304,9 @@ def make_plan(cpu: CpuFigures, *, requests_per_day: float, candidates: int, p99_
                              f"{cpu.cost(r).per_batch_ms:.2f} ms per batch"
                              for r in cpu.roles))
     if slowdown > 1.05:
-        notes.append(f"the model's timing on the bench machine divided by {slowdown:.2f}: its "
-                     f"processes waited {slowdown - 1:.2f} s for a core per CPU second "
-                     "(other work)")
+        notes.append(f"the model's timing on the bench machine divided by {slowdown:.2f}: "
+                     f"other work kept {cpu.background:.1f} threads runnable on its "
+                     f"{cpu.machine_cpus} cores")
     return Plan(
         requests_per_day=requests_per_day, candidates=candidates, p99_ms=p99_ms,
         gpu=gpu is not None, mean_rate=round(mean_rate, 1), peak_rate=round(peak, 1),
@@ -344,7 +355,8 @@ def report_text(plan: Plan) -> str:
         (f"  p99       estimated {plan.estimated_p99_ms:.1f} ms (stages' means + the root of "
          f"their squared p99 excesses; {a.hop_ms:g} ms per network hop)"),
         (f"  assumed   {a.cores_per_replica:g} core per replica, brokers of {a.broker_cores} "
-         f"cores, ≤ {a.partition_mb_s:g} MB/s per partition; bytes/request from the "
+         f"cores and ≤ {a.broker_mb_s:g} MB/s each way, ≤ {a.partition_mb_s:g} MB/s per "
+         f"partition; bytes/request from the "
          f"encoders (+70 B per record)"),
     ]
     lines += [f"  note      {n}" for n in plan.notes]

@@ -32,12 +32,16 @@ def _half_batch(ms: float, sigma: float) -> Work | None:
     return Work(ms / 2000, "lognormal", sigma) if ms > 0 else None
 
 
-def bench_streams(cpu: CpuFigures, rate: float) -> list[Stream]:
-    """The bench's processes on its machine (its cores, the other work it measured)."""
+BENCH_MACHINE = "bench machine"
+
+
+def bench_streams(cpu: CpuFigures, rate: float,
+                  other: float | tuple[float, ...] = ()) -> list[Stream]:
+    """The bench's processes on its machine, with ``other`` work beside them (runnable
+    threads: one count, or one per sweep step in turn)."""
     idle = sum(cpu.cost(n).idle_cores for n in cpu.cpu_ms if n in cpu.costs)
-    levels = cpu.background_levels()
-    vm = (Machine("bench machine", cpu.machine_cpus, idle, levels=levels, period_s=cpu.step_s)
-          if levels else Machine("bench machine", cpu.machine_cpus, cpu.background + idle))
+    vm = (Machine(BENCH_MACHINE, cpu.machine_cpus, idle, levels=other, period_s=cpu.step_s)
+          if isinstance(other, tuple) else Machine(BENCH_MACHINE, cpu.machine_cpus, idle + other))
     gen = Server("load generator", vm)
     broker = Server("broker", vm, threads=8)
     passes = broker_passes(cpu.topology)

@@ -134,11 +134,19 @@ class Result:
     latency_s: np.ndarray  # tagged requests that arrived after the warm-up, in arrival order
     unfinished: int  # tagged requests still in the system at the end
     busy: dict[str, float]  # each machine's mean busy cores (threads × speed)
+    slowdown: dict[str, float]  # each machine's wall seconds per CPU second of its threads
     batches: int
     batch_rows_mean: float
 
     def p(self, q: float) -> float:
-        return float(np.percentile(self.latency_s, q)) if len(self.latency_s) else math.inf
+        """The ``q``-th percentile latency; unfinished requests count as infinitely late
+        (percentiles above the finished share are infinite; numpy's own interpolation
+        over infinities warns and gives nan)."""
+        n = len(self.latency_s)
+        finished = self.latency_s[np.isfinite(self.latency_s)]
+        if not n or q >= 100 * len(finished) / n:
+            return math.inf
+        return float(np.percentile(finished, min(100.0, q * n / len(finished))))
 
     @property
     def mean(self) -> float:
@@ -219,6 +227,7 @@ def simulate(streams: Sequence[Stream], *, duration_s: float, warmup_s: float = 
     delays: list[tuple[float, int, _Req]] = []  # a heap of (until, tie-break, request)
     tie = itertools.count()
     busy_integral = dict.fromkeys(machines, 0.0)
+    runnable_integral = dict.fromkeys(machines, 0.0)
     n_batches, batch_rows = 0, 0
 
     now = 0.0
@@ -330,6 +339,7 @@ def simulate(streams: Sequence[Stream], *, duration_s: float, warmup_s: float = 
         for m, sp in speeds.items():
             threads = running[m]
             busy_integral[m] += dt * len(threads) * sp
+            runnable_integral[m] += dt * len(threads)
             for th in threads:
                 th.left -= dt * sp
         now = t
@@ -367,6 +377,8 @@ def simulate(streams: Sequence[Stream], *, duration_s: float, warmup_s: float = 
         latency_s=np.where(np.isnan(lat), math.inf, lat) if unfinished else lat,
         unfinished=unfinished,
         busy={m: busy_integral[m] / span for m in machines},
+        slowdown={m: runnable_integral[m] / busy_integral[m] if busy_integral[m] else 1.0
+                  for m in machines},
         batches=n_batches, batch_rows_mean=batch_rows / n_batches if n_batches else 0.0)
 
 
