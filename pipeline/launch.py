@@ -16,9 +16,11 @@ as a file descriptor named in ``ADSTREAM_STANDBY_FD``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -86,6 +88,7 @@ class Fork:
 def _forked(entry: str, argv0: str, argv: list[str], env: dict[str, str],
             pipe: Connection | None) -> None:
     """The start of a forked child: its environment and argv, then the entry point."""
+    _stop_with_parent()
     if pipe is not None:
         fd = os.dup(pipe.fileno())
         pipe.close()
@@ -94,6 +97,36 @@ def _forked(entry: str, argv0: str, argv: list[str], env: dict[str, str],
     sys.argv = [argv0, *argv]
     module, _, name = entry.partition(":")
     sys.exit(getattr(importlib.import_module(module), name)(argv))
+
+
+def _stop_with_parent() -> None:
+    """Have the kernel send this child SIGTERM (a clean stop: drain, commit, exit) when its
+    parent, the zygote, dies. The zygote exits with the supervisor, so a supervisor that was
+    SIGKILLed leaves no worker running unsupervised; and a zygote killed on its own does not
+    leave children the supervisor can no longer see (it hears them all exit, and forks new
+    ones from a new zygote)."""
+    if not sys.platform.startswith("linux"):
+        return
+    # multiprocessing hands every fork the supervisor's end of the zygote's liveness pipe
+    # (for forks of forks); while a child holds it, the zygote would outlive a SIGKILLed
+    # supervisor, and so would the child. This child forks nothing: it lets it go.
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(alive, int):
+        with contextlib.suppress(OSError):
+            os.close(alive)
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return  # not fatal: the child runs as it would have from a command line
+    if os.getppid() != parent:  # the zygote died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class _Forked:

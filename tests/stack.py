@@ -104,12 +104,6 @@ class Stack:
         proc.send_signal(signal.SIGTERM)
         return proc.wait(timeout)
 
-    def children(self, name: str) -> list[int]:
-        """Pids of the processes a supervisor started."""
-        out = subprocess.run(["pgrep", "-P", str(self.procs[name].pid)], capture_output=True,
-                             text=True, check=False)
-        return [int(x) for x in out.stdout.split()]
-
     def members(self, name: str) -> list[int]:
         """Pids of a supervisor's group members now (not its standbys), from its last
         ``members`` log line."""

@@ -198,7 +198,7 @@ def _kill_workers_of_every_role_twice(stack: Stack, seed: int) -> tuple[Traffic,
     kills = 0
     for _round in range(2):
         for role in ("aggregator", "scorer", "features"):
-            victims = stack.children(role)
+            victims = stack.members(role)
             assert victims, f"no children of the {role} supervisor"
             os.kill(rng.choice(victims), signal.SIGKILL)
             kills += 1
@@ -432,7 +432,7 @@ def test_aggregator_paused_past_its_session_answers_nothing_twice(kafka_bootstra
             stack.wait_ready(role)
         traffic = Traffic(stack, n=1500, rate=100).start()
         _wait_results(stack, 150)
-        victim = stack.children("aggregator")[0]
+        victim = stack.members("aggregator")[0]
         os.kill(victim, signal.SIGSTOP)
         time.sleep(8)  # past the 6 s session
         os.kill(victim, signal.SIGCONT)
@@ -442,7 +442,7 @@ def test_aggregator_paused_past_its_session_answers_nothing_twice(kafka_bootstra
         assert counts["lost"] == 0 and counts["wrong"] == 0
         limit = 0 if delivery == "exactly_once" else len(traffic.requests) // 100
         assert counts["duplicated"] <= limit, counts
-        assert victim in stack.children("aggregator"), "the paused aggregator exited"
+        assert victim in stack.members("aggregator"), "the paused aggregator exited"
         assert "child exited" not in stack.logs["aggregator"].read_text()
         _no_traceback(stack)
     finally:
