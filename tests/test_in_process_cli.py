@@ -66,3 +66,23 @@ def test_the_console_script_prints_no_traceback() -> None:
                           "memory://x"], capture_output=True, text=True, input="", timeout=60,
                          check=False)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+
+
+@pytest.mark.parametrize(("flags", "roles"), [([], ["fused"]), (["--fused"], ["fused"]),
+                                              (["--three-hops"],
+                                               ["features", "scorer", "aggregator"])])
+def test_run_serves_with_the_fused_role_unless_asked_for_three_hops(monkeypatch, flags,
+                                                                    roles) -> None:
+    import tools.commands.worker as worker
+
+    ran: list[list[str]] = []
+    monkeypatch.setattr(worker, "_run_roles", lambda args, names: ran.append(names) or 0)
+    assert main(["run", *flags, "--bootstrap", "memory://r"]) == 0
+    assert ran == [roles]
+
+
+def test_run_takes_one_topology(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--fused", "--three-hops"])
+    assert e.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err

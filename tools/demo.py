@@ -44,11 +44,12 @@ def _print_summary(broker: str, results: dict[str, ScoreResult], sent: dict[str,
         print(f"  e.g. {first.request_id}: {top}")
 
 
-def run_demo(settings: Settings, *, broker: str, requests: int, seed: int, rate: float) -> int:
+def run_demo(settings: Settings, *, broker: str, requests: int, seed: int, rate: float,
+             fused: bool = True) -> int:
     from loadtest.generate import generate
     from pipeline.kafka_clients import kafka_options
     from workers.client import ResultWaiter, send_requests
-    from workers.roles import ensure_topics, run_roles, transport_for
+    from workers.roles import ensure_topics, run_roles, topology, transport_for
     from workers.scoring.reference_model import build_reference_model
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # transient start-up noise
@@ -77,8 +78,8 @@ def run_demo(settings: Settings, *, broker: str, requests: int, seed: int, rate:
         await ensure_topics(settings, transport)
         roles_stop = asyncio.Event()
         ready = asyncio.Event()
-        roles = asyncio.create_task(run_roles(["features", "scorer", "aggregator"], settings,
-                                              roles_stop, transport, ready))
+        roles = asyncio.create_task(run_roles(list(topology(fused).roles), settings, roles_stop,
+                                              transport, ready))
         try:
             reqs = [request_from_json(d, now_ms() + 30_000)
                     for d in generate(requests, seed=seed, candidates="uniform:20,300")]
@@ -87,7 +88,9 @@ def run_demo(settings: Settings, *, broker: str, requests: int, seed: int, rate:
             await asyncio.wait_for(ready.wait(), 120)
             async with ResultWaiter(transport, settings.topics.results) as waiter:
                 futs = {r.request_id: waiter.expect(r.request_id) for r in reqs}
-                print(f"sending {len(reqs)} generated requests at {rate:.0f}/s …")
+                served = ("the fused role (one hop)" if fused else
+                          "three roles: features → scorer → aggregator")
+                print(f"sending {len(reqs)} generated requests at {rate:.0f}/s to {served} …")
                 t0 = time.monotonic()
                 for r in reqs:
                     r.deadline_ms = now_ms() + 30_000

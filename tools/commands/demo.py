@@ -14,7 +14,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.log_level = "warning"  # the demo's own summary is what a newcomer reads
     s = settings(args)
     return run_demo(s, broker=args.broker, requests=args.requests, seed=args.seed,
-                    rate=args.rate)
+                    rate=args.rate, fused=not args.three_hops)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -26,4 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     demo.add_argument("--requests", type=int, default=300)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    demo.add_argument("--three-hops", action="store_true",
+                      help="serve with the three roles joined through Kafka (default: the "
+                           "fused role, one hop)")
     demo.set_defaults(func=cmd_demo, in_process=True)

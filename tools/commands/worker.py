@@ -1,5 +1,5 @@
 """``adstream worker`` (one role, or N group members under a supervisor, with standbys) and
-``adstream run`` (all three roles in this process)."""
+``adstream run`` (the fused role, or the three roles, in this process)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,9 @@ def _without_processes(argv: list[str]) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from workers.roles import topology
 
-    return _run_roles(args, list(topology(args.fused).roles))
+    # one process holds every stage, so the default is the one-hop fused role: three hops
+    # through Kafka inside one event loop cost ~3x the CPU per request and stall each other
+    return _run_roles(args, list(topology(not args.three_hops).roles))
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -96,7 +98,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                              "member's place (and partitions) at once")
     worker.set_defaults(func=cmd_worker)
 
-    run = sub.add_parser("run", parents=[common], help="run all three roles in this process")
-    run.add_argument("--fused", action="store_true",
-                     help="features and scorer fused (no ads.features hop) + aggregator")
+    run = sub.add_parser("run", parents=[common],
+                         help="serve requests in this process (the fused role; --three-hops: "
+                              "the three roles)")
+    shape = run.add_mutually_exclusive_group()
+    shape.add_argument("--three-hops", action="store_true",
+                       help="run features, scorer and aggregator, joined through Kafka "
+                            "(ads.features, ads.scores), as separate workers would be")
+    shape.add_argument("--fused", action="store_true",
+                       help="the fused role: features, model and ranking in one hop (the "
+                            "default)")
     run.set_defaults(func=cmd_run, in_process=True)
