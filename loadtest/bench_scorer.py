@@ -33,7 +33,7 @@ from pipeline.actor import Actor
 from pipeline.batcher import DynamicBatcher
 from pipeline.config import ActorSection, amended
 from pipeline.logs import configure
-from pipeline.runner import tune_gc
+from pipeline.runner import loop_factory, tune_gc
 from pipeline.transport import Outgoing, Transport
 from schemas.messages import FeatureChunk, encode
 from workers.roles import transport_for
@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_model(repo, "ctr")
     dense, sparse = random_rows(spec.config, args.rows)
     tune_gc()
-    pipeline_rps, batcher = asyncio.run(_pipeline(spec, args, dense, sparse))
+    # the event loop the workers run on (uvloop where installed), so this measures them
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        pipeline_rps, batcher = runner.run(_pipeline(spec, args, dense, sparse))
     sizes = np.array(batcher.stats.sizes)
     typical = int(np.median(sizes))
     raw = raw_rows_per_s(spec, args, dense, sparse, typical)

@@ -21,7 +21,8 @@ FORCE_EXIT_S = 5.0  # a forced stop that is still cleaning up after this long ex
 log = structlog.get_logger("adstream.runner")
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop factory where uvloop is installed, else None (asyncio's own loop)."""
     try:
         import uvloop
     except ImportError:  # uvloop is optional on platforms without it
@@ -101,5 +102,5 @@ def run(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
     tune_malloc()
     for sig in STOP_SIGNALS:
         signal.signal(sig, outside_loop)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(wrapper())
