@@ -22,7 +22,6 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Self
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
@@ -243,55 +242,50 @@ async def _send_all(system: System, m: Measurement, deadlines: list[int | None],
     t0 = m.t0
     i = 0
     last_burst = -math.inf
-    with _Pacer() as pacer:
-        while i < n:
-            if stop is not None and stop.is_set():
-                m.interrupted = True
-                return
-            now = clock()
-            j = bisect.bisect_right(offsets, now - t0, i, min(n, i + MAX_BURST))
-            if j > i:
-                sent[i:j] = last_burst = now
-                await send(i, entries[i:j], [t0 + o for o in offsets[i:j]], deadlines[i:j])
-                full = j - i == MAX_BURST
-                m.n_sent = i = j
-                if full:
-                    await asyncio.sleep(0)  # let answers in while catching up
-                    continue
-            if i < n and batch_s > 0:
-                # a loop timer (one wake-up, up to 1 ms late) is precise enough here
-                await asyncio.sleep(max(t0 + offsets[i], last_burst + batch_s) - clock())
-            elif i < n:
-                await pacer.wait_until(t0 + offsets[i])
+    slack = _timer_slack()
+    while i < n:
+        if stop is not None and stop.is_set():
+            m.interrupted = True
+            return
+        now = clock()
+        j = bisect.bisect_right(offsets, now - t0, i, min(n, i + MAX_BURST))
+        if j > i:
+            sent[i:j] = last_burst = now
+            await send(i, entries[i:j], [t0 + o for o in offsets[i:j]], deadlines[i:j])
+            full = j - i == MAX_BURST
+            m.n_sent = i = j
+            if full:
+                await asyncio.sleep(0)  # let answers in while catching up
+                continue
+        if i < n and batch_s > 0:
+            # a loop timer (one wake-up, up to 1 ms late) is precise enough here
+            await asyncio.sleep(max(t0 + offsets[i], last_burst + batch_s) - clock())
+        elif i < n:
+            await _wait_until(t0 + offsets[i], slack)
 
 
-class _Pacer:
-    """Waits until a monotonic time, never returning before it, with one loop timer.
+# The event loop's timers are late by up to a millisecond (timeouts count in whole
+# milliseconds), and uvloop's also fire up to ~0.5 ms early (libuv's clock is in whole
+# milliseconds), so on uvloop a send's timer is aimed this much late; one that still fires
+# early is set again. Sends lag their intended time by ~0.6 ms at p50, which counts in
+# every latency (measured from the intended time) and shows as the "client send lag"
+# stage. Sleeping the last stretch in a helper thread was tens of µs precise, but that
+# thread hop cost 80-170 µs of CPU per request on the 2-core VM, a third of what the load
+# generator spent per request.
+UVLOOP_SLACK_S = 0.0005
 
-    The event loop's timers are late by up to a millisecond (timeouts count in whole
-    milliseconds), and uvloop's also fire up to ~0.5 ms early (libuv's clock is in whole
-    milliseconds), so on uvloop the timer is aimed ``SLACK_S`` late; a timer that still
-    fires early is set again. Sending lags its intended time by ~0.6 ms at p50; the lag counts in every latency (measured from the intended time) and shows as the
-    "client send lag" stage. The pacer used to sleep the last stretch in a helper thread
-    (tens of µs precise), but that thread hop cost 80-170 µs of CPU per request on the
-    2-core VM (132 against 52 µs per wake at 750 waits/s), a third of what the load
-    generator spent per request.
-    """
 
-    SLACK_S = 0.0005  # uvloop only: asyncio's own loop never fires a timer early
+def _timer_slack() -> float:
+    """How late to aim a send's timer on the running loop (asyncio's never fires early)."""
+    loop = asyncio.get_running_loop()
+    return UVLOOP_SLACK_S if type(loop).__module__.startswith("uvloop") else 0.0
 
-    def __enter__(self) -> Self:
-        loop = asyncio.get_running_loop()
-        self._slack = self.SLACK_S if type(loop).__module__.startswith("uvloop") else 0.0
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    async def wait_until(self, t: float) -> None:
-        # a deadline, not a condition to poll: the loop runs at most twice (an early timer)
-        while (delay := t - time.monotonic()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(delay + self._slack)
+async def _wait_until(t: float, slack: float) -> None:
+    """Until the monotonic time ``t``, never returning before it."""
+    # a deadline, not a condition to poll: the loop runs at most twice (an early timer)
+    while (delay := t - time.monotonic()) > 0:  # noqa: ASYNC110
+        await asyncio.sleep(delay + slack)
 
 
 async def _await_answers(m: Measurement) -> None:
