@@ -32,6 +32,7 @@ from loadtest.run import replay_target, run_document, short_gc_pauses
 from loadtest.pipeline_target import Target
 from loadtest.traffic import Traffic
 from pipeline.config import amended
+from pipeline.runner import loop_factory
 from workers.settings import Settings
 
 GENERATOR = "load generator"
@@ -189,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = amended(settings, kafka={"bootstrap": args.bootstrap})
     short_gc_pauses()
     try:
-        doc = asyncio.run(measure_generator(settings, args))
+        # the event loop `adstream loadtest replay` runs on (uvloop where installed)
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            doc = runner.run(measure_generator(settings, args))
     except BenchError as e:
         print(f"bench_generator: {e}", file=sys.stderr)
         return 2
