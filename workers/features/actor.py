@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -16,14 +16,8 @@ from pipeline.timeslice import TimeSlice
 from pipeline.tracing import BatchClock, child, current_batch, parent_of
 from pipeline.transport.base import Outgoing, Record, Transport
 from schemas.errors import SchemaError
-from schemas.messages import (
-    FeatureChunk,
-    ScoreRequest,
-    decode,
-    encode,
-    peek_request,
-    schema_name,
-)
+from schemas.messages import FeatureChunk, ScoreRequest, encode, peek_request, schema_name
+from schemas.request_batch import RequestBatch, decode_requests
 from workers.features.spec import FeaturePipeline
 from workers.replies import DeadLettering, status_result
 from workers.request_ids import Origin
@@ -36,6 +30,7 @@ if TYPE_CHECKING:
 
 CHUNK_SCHEMA = schema_name(FeatureChunk.TYPE)
 OFF_LOOP_ROWS = 2048  # a plan call over this many rows (~1 ms) runs in a thread, off the loop
+DECODE_STEP = 16  # requests decoded in one pass between yields to the loop (~0.5 ms)
 
 
 class FeatureActor(DeadLettering):
@@ -122,13 +117,29 @@ class FeatureActor(DeadLettering):
         or failed, the live requests with their inputs, and when the plan call started
         and ended (epoch ns)."""
         results: list[Result] = [[] for _ in records]
-        live: list[Prepared] = []
         wall_ms = now_ms()
         slice_ = TimeSlice()
+        pending: list[int] = []  # records not already past their deadline
         for i, rec in enumerate(records):
             await slice_.check()
+            late = await self._expired_early(rec, wall_ms)
+            if late is not None:
+                results[i] = [late]
+            else:
+                pending.append(i)
+        parts = []  # decoded DECODE_STEP requests at a time (~0.3 ms), yielding between
+        limit = self.settings.actor.max_message_bytes
+        for at in range(0, len(pending), DECODE_STEP):
+            await slice_.check()
+            step = [records[i] for i in pending[at:at + DECODE_STEP]]
+            parts.append(decode_requests([r.value for r in step],
+                                         [r.headers.get(CONTENT_TYPE) for r in step],
+                                         max_bytes=limit))
+        batch = RequestBatch.join(parts)
+        live: list[Prepared] = []
+        for i, got in zip(pending, batch.requests, strict=True):
             try:
-                decoded = await self._decode(rec, wall_ms)
+                decoded = await self._admit(records[i], got, wall_ms)
             except Exception as e:  # that record's reason, for its dead letter
                 results[i] = e
                 continue
@@ -136,22 +147,25 @@ class FeatureActor(DeadLettering):
                 results[i] = [decoded]
             else:
                 live.append(Prepared(i, *decoded))
+        # the joined columns are those of every decoded request: usable when all are live
+        joined = batch.columns if len(live) == len(batch.requests) else None
         plan_start = plan_end = 0
         if live:
             plan_start = time.time_ns()
             if sum(p.request.n_candidates for p in live) >= OFF_LOOP_ROWS:
-                await asyncio.to_thread(self._features, live, results)
+                await asyncio.to_thread(self._features, live, results, joined)
             else:
-                self._features(live, results)
+                self._features(live, results, joined)
             plan_end = time.time_ns()
             live = [p for p in live if not isinstance(results[p.index], Exception)]
         return results, live, (plan_start, plan_end)
 
-    def _features(self, live: list[Prepared], results: list[Result]) -> None:
+    def _features(self, live: list[Prepared], results: list[Result],
+                  joined: Mapping[str, np.ndarray] | None = None) -> None:
         """Fill ``dense``/``sparse`` of each live request from one plan call over all of
         them; when that call fails, request by request, to fail only the bad one."""
         try:
-            dense, sparse = self.pipeline.batch([p.request for p in live])
+            dense, sparse = self.pipeline.batch([p.request for p in live], joined)
         except SchemaError:
             for p in live:
                 try:
@@ -166,19 +180,15 @@ class FeatureActor(DeadLettering):
             p.dense, p.sparse = dense[at:at + n], sparse[at:at + n]
             at += n
 
-    async def _decode(self, record: Record, wall_ms: float
-                      ) -> tuple[ScoreRequest, dict[str, bytes], int] | Outgoing:
-        """The request with its output headers and deadline, or its ``expired`` reply."""
-        late = await self._expired_early(record, wall_ms)
-        if late is not None:
-            return late
-        try:
-            req = decode(record.value, ScoreRequest, max_bytes=self.settings.actor.max_message_bytes,
-                         content_type=record.headers.get(CONTENT_TYPE))
-        except SchemaError as e:
-            if e.reply_to:  # learn whether it exists, so `rejected` can answer there
-                await self._topic_exists(e.reply_to)
-            raise
+    async def _admit(self, record: Record, req: ScoreRequest | Exception, wall_ms: float
+                     ) -> tuple[ScoreRequest, dict[str, bytes], int] | Outgoing:
+        """The decoded request with its output headers and deadline, or its ``expired``
+        reply; raises what refuses it (its decoding's error, a missing reply topic, too
+        many candidates)."""
+        if isinstance(req, Exception):
+            if isinstance(req, SchemaError) and req.reply_to:
+                await self._topic_exists(req.reply_to)  # so `rejected` can answer there
+            raise req
         if req.reply_to is not None and not await self._topic_exists(req.reply_to):
             raise SchemaError("reply_to", f"topic {req.reply_to!r} does not exist",
                               request_id=req.request_id)

@@ -130,10 +130,14 @@ class FeaturePlan:
     def __call__(self, req: ScoreRequest) -> tuple[np.ndarray, np.ndarray]:
         return self.batch([req])
 
-    def batch(self, reqs: Sequence[ScoreRequest]) -> tuple[np.ndarray, np.ndarray]:
+    def batch(self, reqs: Sequence[ScoreRequest],
+              joined: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(dense, sparse)`` of every candidate of ``reqs``, concatenated in order: one
         plan call for a whole fetch, user and context values broadcast to their request's
-        rows. A SchemaError names the field (the caller finds which request)."""
+        rows. ``joined``: candidate columns already concatenated over ``reqs`` (a batch
+        decode's), read whole instead of request by request. A SchemaError names the field
+        (the caller finds which request)."""
+        joined = joined or {}
         counts = [r.n_candidates for r in reqs]
         n = sum(counts)
         one = len(reqs) == 1
@@ -165,6 +169,10 @@ class FeaturePlan:
             absent_all = []
             strings: list[tuple[int, int, StringColumn]] = []  # (column, request, values)
             for j, key in enumerate(self.column_keys):
+                whole = joined.get(key)
+                if whole is not None:  # every request has it, as numbers
+                    raw[:, j] = column_ids(whole, f"candidates.{key}")
+                    continue
                 cols = [r.candidates.get(key) for r in reqs]
                 if all(c is None for c in cols):
                     raw[:, j] = 0
@@ -214,7 +222,9 @@ class FeaturePlan:
         if self.numerics:
             x = np.empty((n, len(self.numerics)), np.float32)
             for j, (scope, key) in enumerate(self.numeric_sources):
-                if scope == "candidate":
+                if scope == "candidate" and key in joined:
+                    x[:, j] = joined[key]
+                elif scope == "candidate":
                     cols = [r.candidates.get(key) for r in reqs]
                     numbers = [c for c in cols if not isinstance(c, StringColumn)]
                     if len(numbers) < len(cols):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,9 +97,11 @@ class FeaturePipeline:
         """``(dense float32 [n, n_dense], sparse int64 [n, n_sparse])`` for all candidates."""
         return self.plan(req)
 
-    def batch(self, reqs: Sequence[ScoreRequest]) -> tuple[np.ndarray, np.ndarray]:
-        """The same for several requests at once, their candidates concatenated in order."""
-        return self.plan.batch(reqs)
+    def batch(self, reqs: Sequence[ScoreRequest],
+              joined: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The same for several requests at once, their candidates concatenated in order
+        (``joined``: candidate columns already concatenated over ``reqs``, by name)."""
+        return self.plan.batch(reqs, joined)
 
     def reference(self, req: ScoreRequest) -> tuple[np.ndarray, np.ndarray]:
         """The same, one transform at a time (what the plan is checked against)."""
