@@ -26,13 +26,23 @@ MISSING = np.uint64(0x5EED_0000_0000_0001)  # the hash of an absent categorical 
 NOT_NUMERIC = "a string column where a numeric feature needs numbers"
 
 
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+
+
 def mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer over a uint64 array: a fast, well-spread integer hash."""
+    """splitmix64's finalizer over a uint64 array: a fast, well-spread integer hash. In
+    place on one new array and one scratch: a temporary per step costs 2.4x at 30k values."""
     with np.errstate(over="ignore"):
         z = x + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        return z ^ (z >> np.uint64(31))
+        t = z >> _S30
+        z ^= t
+        z *= _M1
+        np.right_shift(z, _S27, out=t)
+        z ^= t
+        z *= _M2
+        np.right_shift(z, _S31, out=t)
+        z ^= t
+        return z
 
 
 def hash_scalar(value: Scalar | None) -> np.uint64:
@@ -51,11 +61,17 @@ def hash_scalars(values: list[object], sources: Sequence[str] = ("value",)) -> n
     (and non-integral numbers, as their ``str``) through their category ids, one by one
     and cached when they are few, else in one :func:`category_ids` call. Value i
     comes from ``sources[i % len(sources)]`` (what an error names)."""
-    ids = np.empty(len(values), np.int64)
+    # the integers (most values) in one numpy call; the loop below sees only the others
+    odd = [i for i, v in enumerate(values) if type(v) is not int]
+    try:
+        ids = np.array([0 if type(v) is not int else v for v in values], np.int64)
+    except OverflowError:  # an integer beyond int64: hashed as a string, below
+        ids, odd = np.zeros(len(values), np.int64), list(range(len(values)))
     strs: list[str] = []
     where: list[int] = []
     missing: list[int] = []
-    for i, value in enumerate(values):
+    for i in odd:
+        value = values[i]
         if value is None:
             missing.append(i)
             continue
