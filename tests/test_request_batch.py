@@ -1,6 +1,7 @@
 """A fetch's requests decoded in one pass: the same requests, the same refusals, as one by one."""
 
 import math
+import re
 
 import msgpack
 import numpy as np
@@ -129,3 +130,19 @@ def test_joining_batches_keeps_the_columns_every_part_has() -> None:
     assert len(joined.requests) == 3 and isinstance(joined.requests[1], SchemaError)
     assert set(joined.columns) == {"ad_id", "bid", "category"}
     np.testing.assert_array_equal(joined.columns["ad_id"], np.r_[np.arange(5), np.arange(5) + 100])
+
+
+def test_bench_decode_prints_each_variant_and_its_ratio(capsys) -> None:
+    from loadtest import bench_decode
+
+    assert bench_decode.main(["--requests", "24", "--sizes", "1,8", "--repeat", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    numbers = [[float(x) for x in re.findall(r"\d+\.\d+", ln)] for ln in lines]
+    decodes = [n for ln, n in zip(lines, numbers, strict=True) if ln.startswith("decode ")]
+    plans = [n for ln, n in zip(lines, numbers, strict=True) if ln.startswith("plan over")]
+    assert len(decodes) == 3 and len(plans) == 2
+    alone = decodes[0][0]
+    for t, ratio in decodes[1:]:
+        assert t > 0 and ratio == pytest.approx(alone / t, abs=0.01)
+    for joined, apart, ratio in plans:
+        assert joined > 0 and ratio == pytest.approx(apart / joined, abs=0.01)
