@@ -80,6 +80,8 @@ def decode_requests(values: Sequence[bytes], content_types: Sequence[bytes | str
             i = fast.pop(j)[0]
             out[i] = _decode_alone(values[i], content_types[i], max_bytes)
             alone = alone or isinstance(out[i], ScoreRequest)
+    if not fast:
+        columns = {}
     at = 0
     for i, fields, n, entries in fast:
         cands: dict[str, Column] = {}

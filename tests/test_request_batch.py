@@ -146,3 +146,29 @@ def test_bench_decode_prints_each_variant_and_its_ratio(capsys) -> None:
         assert t > 0 and ratio == pytest.approx(alone / t, abs=0.01)
     for joined, apart, ratio in plans:
         assert joined > 0 and ratio == pytest.approx(apart / joined, abs=0.01)
+
+
+def test_the_plan_over_joined_columns_equals_the_plan_over_each_requests_own(model_repo) -> None:
+    from loadtest.generate import generate
+    from schemas.json_form import request_from_json
+    from workers.features.spec import FeaturePipeline
+    from workers.scoring.repository import load_model
+
+    c = load_model(model_repo, "ctr").config
+    plan = FeaturePipeline.from_spec(list(c.sparse_features), list(c.sparse_buckets),
+                                     list(c.dense_features), None)
+    reqs = [request_from_json(d, 0) for d in generate(12, candidates="uniform:1,40", seed=3)
+            if "candidates" in d]
+    # one request without a candidate column the plan reads: that column is gathered
+    d = msgpack.unpackb(encode(reqs[5]), raw=False)
+    d["candidates"].pop("quality")
+    values = [encode(r) for r in reqs]
+    values[5] = msgpack.packb(d, use_bin_type=True)
+    batch = decode_requests(values, [None] * len(values), max_bytes=LIMIT)
+    assert "quality" not in batch.columns and "ad_id" in batch.columns
+    decoded = [r for r in batch.requests if isinstance(r, ScoreRequest)]
+    assert len(decoded) == len(values)
+    dense, sparse = plan.batch(decoded, batch.columns)
+    alone = [plan.batch([decode(v, ScoreRequest)]) for v in values]
+    np.testing.assert_array_equal(dense, np.concatenate([a for a, _ in alone]))
+    np.testing.assert_array_equal(sparse, np.concatenate([b for _, b in alone]))
