@@ -148,8 +148,8 @@ class FeatureActor(DeadLettering):
             else:
                 live.append(Prepared(i, *decoded))
         # the joined columns are those of every decoded request: usable when all are live
-        decoded = sum(isinstance(r, ScoreRequest) for r in batch.requests)
-        joined = batch.columns if len(live) == decoded else None
+        n_decoded = sum(isinstance(r, ScoreRequest) for r in batch.requests)
+        joined = batch.columns if len(live) == n_decoded else None
         plan_start = plan_end = 0
         if live:
             plan_start = time.time_ns()
