@@ -3,8 +3,9 @@
 Decoding a request on its own costs ~3.5 µs of Python per candidate column (the
 ``[dtype, shape, bytes]`` checks, a zero-copy view, a finiteness pass per float column),
 and a request has a dozen columns or more. Here each request's map gets a check of its
-structure only; the bytes of each column are joined over the batch and viewed once, and
-finiteness and ``bid >= 0`` are one numpy pass per column for the whole batch. A request
+structure only; the bytes of each column are joined over the batch once, and finiteness
+and ``bid >= 0`` are one numpy pass per column for the whole batch. The joined columns go
+to the feature plan with the batch; each request keeps zero-copy views on its own message. A request
 that is anything but ordinary (JSON, a value that fails a check, an odd layout) is decoded
 alone by :func:`schemas.messages.decode`, so every refusal reads exactly as before.
 """
@@ -18,7 +19,6 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from schemas.candidates import Column
 from schemas.columns import ALLOWED_DTYPES
 from schemas.encoding import is_json
 from schemas.messages import ScoreRequest, check_schema, decode
@@ -59,8 +59,8 @@ class RequestBatch:
 
 def decode_requests(values: Sequence[bytes], content_types: Sequence[bytes | str | None],
                     *, max_bytes: int) -> RequestBatch:
-    """Every value as a ScoreRequest (or the exception :func:`decode` raises for it), the
-    candidate columns of those decoded here viewing one joined array each."""
+    """Every value as a ScoreRequest (or the exception :func:`decode` raises for it), and
+    the candidate columns of those decoded here joined (a copy, for the batch's plan)."""
     out: list[ScoreRequest | Exception | None] = [None] * len(values)
     fast: list[tuple[int, dict[str, Any], int, list[Entry]]] = []
     alone = False  # a request decoded alone: its columns are not in the joined arrays
@@ -82,20 +82,12 @@ def decode_requests(values: Sequence[bytes], content_types: Sequence[bytes | str
             alone = alone or isinstance(out[i], ScoreRequest)
     if not fast:
         columns = {}
-    at = 0
-    for i, fields, n, entries in fast:
-        cands: dict[str, Column] = {}
-        for name, dt, data in entries:
-            col = columns.get(name)
-            if col is not None:
-                cands[name] = col[at:at + n]
-            elif dt == UTF8:
-                cands[name] = data
-            else:
-                cands[name] = np.frombuffer(data, _DTYPES[dt])
-        fields["candidates"] = cands
+    for i, fields, _, entries in fast:
+        # each request's columns view its own message's bytes, as a single decode's do: the
+        # joined copies live only as long as the batch (its checks and its plan call)
+        fields["candidates"] = {name: data if dt == UTF8 else np.frombuffer(data, _DTYPES[dt])
+                                for name, dt, data in entries}
         out[i] = ScoreRequest(**fields)
-        at += n
     requests: list[ScoreRequest | Exception] = [r for r in out if r is not None]
     assert len(requests) == len(values)
     return RequestBatch(requests, {} if alone else columns)
