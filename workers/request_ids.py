@@ -9,14 +9,17 @@ aggregator can tell two cases apart that both show up as "this request id again"
 - a different origin (a client sent a second request with an id already in use): the
   second request is answered ``rejected`` with :meth:`RequestIds.reason`, once.
 
-The memory is bounded: the ``capacity`` most recently seen ids (the dedupe window).
+The memory is bounded: the ``capacity`` most recently seen ids (the dedupe window). An
+entry is kept small (~250 bytes: the id, its origin with slots and a shared topic name),
+because under overload the window fills in a minute and is most of the aggregator's memory.
 """
 
 from __future__ import annotations
 
 import enum
+import sys
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pipeline.headers import ORIGIN
 from pipeline.transport.base import Record
@@ -25,7 +28,7 @@ from pipeline.transport.base import Record
 _MAX_REJECTED_PER_ID = 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Origin:
     """Where a request's record was read: topic, partition and offset."""
 
@@ -35,7 +38,7 @@ class Origin:
 
     @classmethod
     def of(cls, record: Record) -> Origin:
-        return cls(record.topic, record.partition, record.offset)
+        return cls(sys.intern(record.topic), record.partition, record.offset)
 
     @classmethod
     def parse(cls, raw: bytes | str | None) -> Origin | None:
@@ -48,7 +51,7 @@ class Origin:
         if not (at and bracket and topic and part.endswith("]")):
             return None
         try:
-            return cls(topic, int(part[:-1]), int(offset))
+            return cls(sys.intern(topic), int(part[:-1]), int(offset))
         except ValueError:
             return None
 
@@ -70,12 +73,6 @@ class Seen(enum.Enum):
     REUSED_REPEAT = "reused_repeat"  # that other request again: already rejected, drop
 
 
-@dataclass
-class _Entry:
-    first: Origin | None
-    rejected: list[Origin] = field(default_factory=list)
-
-
 class RequestIds:
     """Request id -> the origin of the first record seen with it, for the last ``capacity``
     ids. An id without an origin (chunks from a stage that does not stamp it) can only be
@@ -85,7 +82,8 @@ class RequestIds:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.capacity = capacity
-        self._ids: OrderedDict[str, _Entry] = OrderedDict()
+        self._ids: OrderedDict[str, Origin | None] = OrderedDict()  # id -> its first origin
+        self._rejected: dict[str, list[Origin]] = {}  # the few reused ids: whom we rejected
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -95,17 +93,18 @@ class RequestIds:
 
     def check(self, request_id: str, origin: Origin | None) -> Seen:
         """Classify a record of ``request_id`` read from ``origin`` and remember it."""
-        entry = self._ids.get(request_id)
-        if entry is None:
+        if request_id not in self._ids:
             self.remember(request_id, origin)
             return Seen.NEW
+        first = self._ids[request_id]
         self._ids.move_to_end(request_id)  # a request still being answered stays in the window
-        if origin is None or entry.first is None or origin == entry.first:
+        if origin is None or first is None or origin == first:
             return Seen.REPEAT
-        if origin in entry.rejected:
+        rejected = self._rejected.setdefault(request_id, [])
+        if origin in rejected:
             return Seen.REUSED_REPEAT
-        entry.rejected.append(origin)
-        del entry.rejected[:-_MAX_REJECTED_PER_ID]
+        rejected.append(origin)
+        del rejected[:-_MAX_REJECTED_PER_ID]
         return Seen.REUSED
 
     def remember(self, request_id: str, origin: Origin | None) -> None:
@@ -113,13 +112,13 @@ class RequestIds:
         if request_id in self._ids:
             self._ids.move_to_end(request_id)
             return
-        self._ids[request_id] = _Entry(origin)
+        self._ids[request_id] = origin
         while len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
+            old, _ = self._ids.popitem(last=False)
+            self._rejected.pop(old, None)
 
     def first(self, request_id: str) -> Origin | None:
-        entry = self._ids.get(request_id)
-        return entry.first if entry is not None else None
+        return self._ids.get(request_id)
 
     def reason(self, request_id: str, origin: Origin | None) -> str:
         """The ``rejected`` reason for a reused id: which request used it first."""
