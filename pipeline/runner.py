@@ -39,18 +39,23 @@ def tune_gc() -> None:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc mallopt parameters
-
-
 TRIM_EVERY_S = 1.0
+
+
+def _glibc(name: str) -> Callable[..., int] | None:
+    """The glibc function ``name`` (``mallopt``, ``malloc_trim``); None elsewhere."""
+    try:
+        return getattr(ctypes.CDLL("libc.so.6"), name)  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
 
 
 def trim_periodically(loop: asyncio.AbstractEventLoop) -> None:
     """``malloc_trim(0)`` every ``TRIM_EVERY_S`` on ``loop``: gives the OS back the free pages
     inside every arena, where the trim threshold only reaches the top of the main heap (a
     burst of short-lived buffers leaves them scattered). No-op where libc is not glibc."""
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+    trim = _glibc("malloc_trim")
+    if trim is None:
         return
 
     def tick() -> None:
@@ -67,13 +72,12 @@ def tune_malloc() -> bool:
     keep a worker's RSS within ~1.35x of its steady value under a 5x overload, where the
     dynamic ones let it reach ~1.55x; onnxruntime's speed is the same either way (measured).
     At most two arenas: each thread that allocates (the model's, the feature plan's off the
-    loop, the Kafka clients') otherwise gets an arena of its own whose freed blocks stay
-    resident (the features role reached 1.6-1.8x under that overload with up to 16).
+    loop) otherwise gets an arena of its own whose freed blocks stay resident; together with
+    :func:`trim_periodically` this brought the features role from 1.6-1.8x to ~1.1x under
+    that overload (docs/bench/epyc-2/overload-rss.txt).
     False where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, 1024 * 1024)) and bool(
         mallopt(_M_TRIM_THRESHOLD, 4 * 1024 * 1024)) and bool(mallopt(_M_ARENA_MAX, 2))
